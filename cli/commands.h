@@ -1,0 +1,22 @@
+// Subcommands of the `cairn` CLI. Each Register* adds one command group to the app; a
+// command's callback stores its exit code in Context::exit_code (0 success, 1 failure,
+// 2 bad usage or input) after printing any error as "cairn: error: ...".
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include "common/app.h"
+
+namespace cairn::cli {
+
+struct Context {
+  StandardFlags* flags;
+  int exit_code;
+};
+
+// `cairn config show`
+void RegisterConfigCommands(CLI::App& app, Context* ctx);
+// `cairn ckpt keygen|ls|verify|inspect|export|import|rekey|gc`
+void RegisterCheckpointCommands(CLI::App& app, Context* ctx);
+
+}  // namespace cairn::cli
