@@ -222,6 +222,18 @@ Status WriteFileAtomic(FileSystem& fs, const std::string& path, std::string_view
   return fs.SyncDir(DirName(path));
 }
 
+Status CreateDirs(FileSystem& fs, const std::string& path, uint32_t mode) {
+  if (path.empty() || path == "/" || path == ".") return OkStatus();
+  if (auto info = fs.Stat(path)) {
+    if (info->is_dir) return OkStatus();
+    return MakeError(Code::kFailedPrecondition, "{} exists and is not a directory", path);
+  }
+  const std::string parent = DirName(path);
+  if (parent != path) CAIRN_RETURN_IF_ERROR(CreateDirs(fs, parent, mode));
+  CAIRN_RETURN_IF_ERROR(fs.CreateDir(path, mode));
+  return fs.SyncDir(parent);
+}
+
 Result<std::string> ReadWholeFile(FileSystem& fs, const std::string& path, uint64_t max_bytes) {
   CAIRN_ASSIGN_OR_RETURN(auto f, fs.OpenReadable(path));
   if (f->size() > max_bytes) {

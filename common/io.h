@@ -80,6 +80,8 @@ Status WriteFileAtomic(FileSystem& fs, const std::string& path, std::string_view
 // Reads a whole file; fails with kInvalidArgument if it is larger than max_bytes.
 Result<std::string> ReadWholeFile(FileSystem& fs, const std::string& path,
                                   uint64_t max_bytes = 64ull << 20);
+// Creates path and any missing parents (each new directory's parent is fsynced).
+Status CreateDirs(FileSystem& fs, const std::string& path, uint32_t mode = 0700);
 // Parent directory of a path ("." for a bare name).
 std::string DirName(const std::string& path);
 std::string JoinPath(std::string_view a, std::string_view b);
