@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   cairn::AddStandardFlags(app, &flags, "cairn");
   cairn::cli::Context ctx{&flags, 0};
   cairn::cli::RegisterConfigCommands(app, &ctx);
+  cairn::cli::RegisterCheckpointCommands(app, &ctx);
   CLI11_PARSE(app, argc, argv);
   return ctx.exit_code;
 }
