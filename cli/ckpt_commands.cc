@@ -271,7 +271,10 @@ void RegisterCheckpointCommands(CLI::App& app, Context* ctx) {
           if (!*json) {
             std::printf("step %llu rank %u/%u: %zu tensors, blobs: %s\n",
                         static_cast<unsigned long long>(reader->step()), r, reader->world_size(),
-                        shard->tensors().size(), fmt::format("{}", fmt::join(shard->blobs(), ", ")).c_str());
+                        shard->tensors().size(),
+                        shard->blobs().empty()
+                            ? "none"
+                            : fmt::format("{}", fmt::join(shard->blobs(), ", ")).c_str());
           }
           for (const auto& t : shard->tensors()) {
             if (*json) {

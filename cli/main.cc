@@ -1,5 +1,6 @@
 // cairn: the command-line interface.
 #include <cstdio>
+#include <string_view>
 
 #include "cli/commands.h"
 #include "common/app.h"
@@ -12,6 +13,30 @@ int main(int argc, char** argv) {
   cairn::cli::Context ctx{&flags, 0};
   cairn::cli::RegisterConfigCommands(app, &ctx);
   cairn::cli::RegisterCheckpointCommands(app, &ctx);
+
+  // Name an unknown command instead of CLI11's generic "A subcommand is required".
+  CLI::App* level = &app;
+  for (int i = 1; i < argc && level != nullptr; ++i) {
+    std::string_view a = argv[i];
+    if (a.starts_with("-")) {
+      if ((a == "--log-level" || a == "--config") && i + 1 < argc) ++i;
+      continue;
+    }
+    auto subs = level->get_subcommands({});
+    if (subs.empty()) break;  // a positional argument of a leaf command
+    CLI::App* next = nullptr;
+    std::string known;
+    for (auto* sub : subs) {
+      if (sub->get_name() == a) next = sub;
+      known += (known.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (next == nullptr) {
+      std::fprintf(stderr, "cairn: error: unknown command '%s' (%s commands: %s)\n", argv[i],
+                   level == &app ? "cairn" : level->get_name().c_str(), known.c_str());
+      return 2;
+    }
+    level = next;
+  }
   CLI11_PARSE(app, argc, argv);
   return ctx.exit_code;
 }

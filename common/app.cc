@@ -27,6 +27,7 @@ Result<Config> LoadEffectiveConfig(const StandardFlags& flags) {
 }
 
 int ReportError(std::string_view program, const Error& error) {
+  std::fflush(stdout);  // keep what a command printed before its error
   std::fprintf(stderr, "%.*s: error: %s\n", static_cast<int>(program.size()), program.data(),
                error.ToString().c_str());
   return error.code() == Code::kInvalidArgument ? 2 : 1;
