@@ -25,3 +25,13 @@ if(NOT TARGET cairn_hdf5)
   target_link_libraries(cairn_hdf5 INTERFACE ${HDF5_C_LIBRARIES} ${HDF5_LIBRARIES})
   target_compile_definitions(cairn_hdf5 INTERFACE ${HDF5_DEFINITIONS} H5_USE_110_API)
 endif()
+
+# Open MPI (collectives, the reference job), OpenBLAS and zlib (the reference job).
+find_package(MPI REQUIRED COMPONENTS C)
+find_package(BLAS REQUIRED)
+find_package(ZLIB REQUIRED)
+find_path(CAIRN_CBLAS_INCLUDE cblas.h PATH_SUFFIXES openblas REQUIRED)
+# Launch prefix for tests that run under mpirun: root is allowed (CI runs as root), more
+# ranks than cores are allowed, and ranks talk over shared memory.
+set(CAIRN_MPIEXEC ${MPIEXEC_EXECUTABLE} --allow-run-as-root --oversubscribe --bind-to none
+    --mca btl self,vader)

@@ -57,3 +57,31 @@ function(cairn_cc_test)
   set_tests_properties(${A_NAME} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
     ENVIRONMENT "CAIRN_BIN_DIR=${PROJECT_BINARY_DIR}/bin;CAIRN_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
 endfunction()
+
+# cairn_mpi_test(NAME x SRCS ... [DEPS ...] RANKS 1 2 4 [LABELS ...] [TIMEOUT s])
+#   One GoogleTest executable (its main() starts MPI), registered once per rank count as
+#   x_np<N>, run with mpirun.
+function(cairn_mpi_test)
+  if(NOT CAIRN_BUILD_TESTS)
+    return()
+  endif()
+  cmake_parse_arguments(A "" "NAME;TIMEOUT" "SRCS;DEPS;LABELS;RANKS" ${ARGN})
+  if(NOT A_LABELS)
+    set(A_LABELS integration)
+  endif()
+  if(NOT A_TIMEOUT)
+    set(A_TIMEOUT 300)
+  endif()
+  add_executable(${A_NAME} ${A_SRCS})
+  target_link_libraries(${A_NAME} PRIVATE ${A_DEPS} GTest::gtest GTest::gmock)
+  set_target_properties(${A_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
+  cairn_apply_flags(${A_NAME})
+  foreach(n ${A_RANKS})
+    add_test(NAME ${A_NAME}_np${n}
+      COMMAND ${CAIRN_MPIEXEC} -np ${n} $<TARGET_FILE:${A_NAME}>
+      WORKING_DIRECTORY ${PROJECT_BINARY_DIR})
+    set_tests_properties(${A_NAME}_np${n} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
+      PROCESSORS ${n}
+      ENVIRONMENT "CAIRN_BIN_DIR=${PROJECT_BINARY_DIR}/bin;CAIRN_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+  endforeach()
+endfunction()
