@@ -1,0 +1,39 @@
+// Progress reports from a rank to its local agent: step, loss, throughput, pid.
+//
+// Promise: Report() never blocks and never fails the training: each report is one
+// datagram (a serialised cairn.RankProgress) sent non-blocking on a Unix datagram socket
+// to the path in CAIRN_PROGRESS_SOCKET; when the variable is absent, the socket is gone
+// or its queue is full, the report is dropped (and counted). The agent uses the reports
+// for hang detection: a rank that stops reporting is stuck.
+//
+// Threading: one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace cairn::rt {
+
+class ProgressReporter {
+ public:
+  // Disabled (every Report is a no-op) when socket_path is empty.
+  ProgressReporter(std::string socket_path, std::string run_id, int rank);
+  ~ProgressReporter();
+  ProgressReporter(const ProgressReporter&) = delete;
+  ProgressReporter& operator=(const ProgressReporter&) = delete;
+
+  bool enabled() const { return fd_ >= 0; }
+  void Report(uint64_t step, double loss, double samples_per_second);
+  uint64_t sent() const { return sent_; }
+  uint64_t dropped() const { return dropped_; }
+
+ private:
+  std::string path_;
+  std::string run_id_;
+  int rank_;
+  int fd_ = -1;
+  uint64_t sent_ = 0;
+  uint64_t dropped_ = 0;
+};
+
+}  // namespace cairn::rt
