@@ -67,7 +67,7 @@ struct EncryptPipeline {
     std::size_t capacity = 0;
     std::size_t len = 0;
     uint64_t batch = 0;
-    bool ready = false;  // holds sealed batch `batch`, not yet written
+    bool ready = false;  // holds sealed batch `batch`, not yet both written and hashed
   };
 
   const PlaintextSource& src;
@@ -83,7 +83,8 @@ struct EncryptPipeline {
   // Guarded by mu:
   std::vector<Slot> slots;
   uint64_t next_claim = 0;  // next batch a worker takes
-  uint64_t written = 0;     // batches appended so far
+  uint64_t written = 0;     // batches appended so far (by the writer, in order)
+  uint64_t hashed = 0;      // batches hashed so far (by the hasher, in order)
   bool abort = false;
   std::optional<Error> worker_error;
 
@@ -136,8 +137,10 @@ struct EncryptPipeline {
     std::unique_lock lock(mu);
     const uint64_t nslots = slots.size();
     for (;;) {
-      work_cv.wait(
-          lock, [&] { return abort || next_claim >= nbatches || next_claim < written + nslots; });
+      // Slot of batch b is free once batch b - nslots is both written and hashed.
+      work_cv.wait(lock, [&] {
+        return abort || next_claim >= nbatches || next_claim < std::min(written, hashed) + nslots;
+      });
       if (abort || next_claim >= nbatches) return;
       const uint64_t b = next_claim++;
       Slot& s = slots[b % nslots];
@@ -154,6 +157,34 @@ struct EncryptPipeline {
       s.batch = b;
       s.ready = true;
       done_cv.notify_all();
+    }
+  }
+
+  // Blocks until batch b is sealed; nullptr if the pipeline was aborted first.
+  Slot* WaitSealed(uint64_t b) {
+    Slot* s = &slots[b % slots.size()];
+    std::unique_lock lock(mu);
+    done_cv.wait(lock, [&] { return abort || (s->ready && s->batch == b); });
+    return s->ready && s->batch == b ? s : nullptr;
+  }
+
+  // Marks batch b (in slot s) written or hashed; frees the slot once it is both.
+  void Consumed(Slot* s, uint64_t b, bool by_writer) {
+    std::lock_guard lock(mu);
+    ++(by_writer ? written : hashed);
+    if (written > b && hashed > b) {
+      s->ready = false;
+      work_cv.notify_all();
+    }
+  }
+
+  // The hashing thread: SHA-256 of every batch, in order, while the writer appends them.
+  void Hasher(Sha256& sha) {
+    for (uint64_t b = 0; b < nbatches; ++b) {
+      Slot* s = WaitSealed(b);
+      if (s == nullptr) return;  // aborted
+      sha.Update(std::span<const std::byte>(s->buf.get(), s->len));
+      Consumed(s, b, /*by_writer=*/false);
     }
   }
 };
@@ -184,42 +215,52 @@ Result<ShardSummary> EncryptShardImpl(const PlaintextSource& src, const ShardHea
       std::min<uint64_t>(p.nbatches, static_cast<uint64_t>(std::clamp(opts.threads, 1, 64)));
   p.slots.resize(2 * nworkers);
 
-  std::vector<std::thread> workers;
+  // Threads: `nworkers` seal batches into a ring of 2 * nworkers slots; this thread
+  // appends them in order while one hashing thread hashes them in order; a slot is
+  // reused once its batch is both written and hashed. The digest is the same as hashing
+  // the file front to back (header first, then every batch in order).
+  std::vector<std::thread> threads;
   struct Joiner {
     EncryptPipeline& p;
-    std::vector<std::thread>& workers;
+    std::vector<std::thread>& threads;
+    void JoinAll() {
+      for (auto& t : threads) {
+        if (t.joinable()) t.join();
+      }
+    }
     ~Joiner() {
       p.Abort();
-      for (auto& t : workers) t.join();
+      JoinAll();
     }
-  } joiner{p, workers};
+  } joiner{p, threads};
+  threads.emplace_back([&p, &sha] { p.Hasher(sha); });
   for (uint64_t i = 0; i < nworkers; ++i) {
-    workers.emplace_back([&p, &data_key] { p.Worker(data_key); });
+    threads.emplace_back([&p, &data_key] { p.Worker(data_key); });
   }
 
   uint64_t file_size = ShardHeader::kSize;
   for (uint64_t b = 0; b < p.nbatches; ++b) {
-    EncryptPipeline::Slot* s = &p.slots[b % p.slots.size()];
-    {
-      std::unique_lock lock(p.mu);
-      p.done_cv.wait(lock, [&] { return p.abort || (s->ready && s->batch == b); });
-      if (!(s->ready && s->batch == b)) {
-        if (p.worker_error) return std::unexpected(*p.worker_error);
-        return MakeError(Code::kInternal, "encryption pipeline stopped unexpectedly");
-      }
+    EncryptPipeline::Slot* s = p.WaitSealed(b);
+    if (s == nullptr) {
+      std::lock_guard lock(p.mu);
+      if (p.worker_error) return std::unexpected(*p.worker_error);
+      return MakeError(Code::kInternal, "encryption pipeline stopped unexpectedly");
     }
     const std::span<const std::byte> data(s->buf.get(), s->len);
     if (Status st = out.Append(data); !st) {
       p.Abort();
       return std::unexpected(std::move(st).error());
     }
-    sha.Update(data);
     file_size += data.size();
-    {
-      std::lock_guard lock(p.mu);
-      s->ready = false;
-      ++p.written;
-      p.work_cv.notify_all();
+    p.Consumed(s, b, /*by_writer=*/true);
+  }
+  // Every batch is written; the hasher and the workers finish on their own.
+  joiner.JoinAll();
+  {
+    std::lock_guard lock(p.mu);
+    if (p.hashed != p.nbatches) {
+      return MakeError(Code::kInternal, "shard hashing stopped after {} of {} batches", p.hashed,
+                       p.nbatches);
     }
   }
   return ShardSummary{.file_size = file_size, .sha256 = sha.Finish()};

@@ -30,7 +30,8 @@
 //
 // Promise: EncryptShard streams a PlaintextSource into a WritableFile at disk speed
 // (worker threads seal batches of chunks straight from the source's segments while the
-// calling thread writes them in order and hashes the output). ShardDecryptor hands out
+// calling thread writes them in order and a hashing thread hashes the same batches, in
+// order, concurrently with the writes). ShardDecryptor hands out
 // only authenticated plaintext: any byte that cannot be authenticated makes the read
 // fail with kDataLoss naming the shard and chunk. HashShardFile checks structure and
 // hashes without a key.
@@ -101,8 +102,9 @@ struct EncryptOptions {
 
 // Encrypts `src` into `out` (header, then every chunk, through out.Append; no Sync or
 // Close). header.plaintext_size must equal src.size(); the header must be valid. At most
-// about 2 * threads batches are in memory. On any failure the workers are stopped and
-// joined before the error is returned, with context "encrypt shard rank R step S".
+// 2 * threads batches are in memory (a batch's buffer is reused once it is both written
+// and hashed). On any failure the workers and the hashing thread are stopped and joined
+// before the error is returned, with context "encrypt shard rank R step S".
 Result<ShardSummary> EncryptShard(const PlaintextSource& src, const ShardHeader& header,
                                   const SecretKey& data_key, io::WritableFile& out,
                                   const EncryptOptions& opts = {});

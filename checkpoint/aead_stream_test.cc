@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -457,6 +458,56 @@ TEST_F(TamperTest, ExpectationMismatchNamesTheField) {
 }
 
 // --- Failures and scale --------------------------------------------------------------
+
+// A WritableFile that is slow now and then, so that the writer and the hashing thread
+// drift apart and the slot ring fills up on either side.
+class StutteringWritable final : public io::WritableFile {
+ public:
+  Status Append(std::span<const std::byte> data) override {
+    if (++calls_ % 3 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return mem_.Append(data);
+  }
+  Status Sync() override { return OkStatus(); }
+  Status Close() override { return OkStatus(); }
+  const std::string& path() const override { return mem_.path(); }
+  std::vector<std::byte>& bytes() { return mem_.bytes(); }
+
+ private:
+  MemWritable mem_;
+  int calls_ = 0;
+};
+
+// Writing and hashing run on different threads, yet the file and its digest depend on
+// nothing but the key and the plaintext: the same for every thread count, batch size and
+// writer speed, and the digest is SHA-256 of the file as written.
+TEST(EncryptPipelineTest, FileAndDigestDoNotDependOnThePipelineShape) {
+  const Plain p(41 * kCs + 77, 12);
+  const ShardHeader h = MakeHeader(p.bytes.size());
+  std::optional<std::vector<std::byte>> first_file;
+  std::optional<Digest> first_digest;
+  for (int threads : {1, 2, 4}) {
+    for (uint32_t batch : {1u, 3u, 8u, 64u}) {
+      for (bool slow : {false, true}) {
+        SCOPED_TRACE(fmt::format("threads {} batch {} slow {}", threads, batch, slow));
+        MemWritable fast;
+        StutteringWritable stutter;
+        io::WritableFile& out = slow ? static_cast<io::WritableFile&>(stutter) : fast;
+        auto s = EncryptShard(*p.src, h, KeyOf(9), out, {.threads = threads, .batch_chunks = batch});
+        ASSERT_TRUE(s.has_value()) << s.error().ToString();
+        const auto& file = slow ? stutter.bytes() : fast.bytes();
+        ASSERT_EQ(file.size(), CiphertextSize(p.bytes.size(), kCs));
+        EXPECT_EQ(s->file_size, file.size());
+        EXPECT_EQ(s->sha256, Sha256Of(file));
+        if (!first_file) {
+          first_file = file;
+          first_digest = s->sha256;
+        }
+        EXPECT_TRUE(file == *first_file);
+        EXPECT_EQ(s->sha256, *first_digest);
+      }
+    }
+  }
+}
 
 class AeadStreamFsTest : public ::testing::Test {
  protected:
