@@ -3,7 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cerrno>
+#include <future>
+#include <mutex>
 #include <thread>
 
 #include "checkpoint/reader.h"
@@ -312,11 +315,13 @@ TEST(CheckpointTest, EnospcAndShortWriteLeavePreviousCheckpointAndNoTempFiles) {
   }
 }
 
-// Reading one tensor decrypts only the chunks that hold it.
+// Counts the bytes read, and records the options every writable file was opened with.
 class CountingFileSystem final : public io::FileSystem {
  public:
   explicit CountingFileSystem(io::FileSystem& base) : base_(base) {}
   std::atomic<uint64_t> bytes_read{0};
+  std::mutex mu;
+  std::vector<std::pair<std::string, io::WritableFileOptions>> opened;  // guarded by mu
 
   class File final : public io::ReadableFile {
    public:
@@ -334,8 +339,14 @@ class CountingFileSystem final : public io::FileSystem {
     std::atomic<uint64_t>* n_;
   };
 
-  Result<std::unique_ptr<io::WritableFile>> NewWritableFile(const std::string& p, uint32_t m) override {
-    return base_.NewWritableFile(p, m);
+  using io::FileSystem::NewWritableFile;
+  Result<std::unique_ptr<io::WritableFile>> NewWritableFile(
+      const std::string& p, const io::WritableFileOptions& o) override {
+    {
+      std::lock_guard lock(mu);
+      opened.emplace_back(p, o);
+    }
+    return base_.NewWritableFile(p, o);
   }
   Result<std::unique_ptr<io::ReadableFile>> OpenReadable(const std::string& p) override {
     CAIRN_ASSIGN_OR_RETURN(auto f, base_.OpenReadable(p));
@@ -353,6 +364,36 @@ class CountingFileSystem final : public io::FileSystem {
   io::FileSystem& base_;
 };
 
+// Shard files are written with early writeback (the option travels through the file
+// system seam); small files (manifest, HEAD) are not.
+TEST(CheckpointTest, ShardFilesUseEarlyWriteback) {
+  TempDir dir;
+  CountingFileSystem fsys(io::DefaultFileSystem());
+  WriterOptions o = Options(dir, NewKey());
+  o.fs = &fsys;
+  o.early_writeback_bytes = 1u << 20;
+  auto w = CheckpointWriter::Open(o);
+  ASSERT_TRUE(w.has_value());
+  auto t = MakeTensor("w", DType::kF32, {1 << 20}, 3);  // 4 MiB
+  std::vector<TensorRef> refs{t.ref()};
+  ASSERT_TRUE((*w)->Save(1, refs).has_value());
+  std::lock_guard lock(fsys.mu);
+  int shards = 0, small = 0;
+  for (const auto& [path, opts] : fsys.opened) {
+    EXPECT_EQ(opts.mode, 0600u) << path;
+    if (path.ends_with(ShardFileName(0))) {
+      ++shards;
+      EXPECT_EQ(opts.early_writeback_bytes, 1u << 20) << path;
+    } else {
+      ++small;
+      EXPECT_EQ(opts.early_writeback_bytes, 0u) << path;
+    }
+  }
+  EXPECT_EQ(shards, 1);
+  EXPECT_EQ(small, 2) << "MANIFEST and HEAD";
+}
+
+// Reading one tensor decrypts only the chunks that hold it.
 TEST(CheckpointTest, PartialReadOfOneTensorReadsOnlyItsChunks) {
   TempDir dir;
   auto key = NewKey();
@@ -390,6 +431,9 @@ TEST(CheckpointTest, RetentionPrunesShardsButKeepsTheChain) {
   auto t = MakeTensor("w", DType::kF32, {64}, 1);
   std::vector<TensorRef> refs{t.ref()};
   for (uint64_t step = 1; step <= 10; ++step) ASSERT_TRUE((*w)->Save(step, refs).has_value());
+  ASSERT_TRUE((*w)->Flush().has_value());  // pruning runs after each commit, in the background
+  EXPECT_EQ((*w)->prune_status().pruned_steps, (std::vector<uint64_t>{1, 2, 3, 5, 6, 7}));
+  EXPECT_FALSE((*w)->prune_status().last_error.has_value());
   auto scan = ScanChain(io::DefaultFileSystem(), dir.Sub("run"));
   ASSERT_TRUE(scan.has_value());
   ASSERT_TRUE(scan->ok()) << scan->problems.front();
@@ -409,6 +453,130 @@ TEST(CheckpointTest, RetentionPrunesShardsButKeepsTheChain) {
   auto r = CheckpointReader::Open(dir.Sub("run"), ro);
   ASSERT_FALSE(r.has_value());
   EXPECT_THAT(r.error().ToString(), HasSubstr("pruned"));
+}
+
+// A file system whose RemoveFile waits at a gate while `hold` is set (to catch the
+// background prune in the act).
+class GatedRemoveFileSystem final : public io::FileSystem {
+ public:
+  explicit GatedRemoveFileSystem(io::FileSystem& base) : base_(base) {}
+  std::atomic<bool> hold{false};
+  std::promise<void> entered;  // set when the first held RemoveFile arrives
+  std::promise<void> open;     // set to let held removals through
+
+  using io::FileSystem::NewWritableFile;
+  Result<std::unique_ptr<io::WritableFile>> NewWritableFile(
+      const std::string& p, const io::WritableFileOptions& o) override {
+    return base_.NewWritableFile(p, o);
+  }
+  Result<std::unique_ptr<io::ReadableFile>> OpenReadable(const std::string& p) override {
+    return base_.OpenReadable(p);
+  }
+  Status Rename(const std::string& a, const std::string& b) override { return base_.Rename(a, b); }
+  Status SyncDir(const std::string& d) override { return base_.SyncDir(d); }
+  Status RemoveFile(const std::string& p) override {
+    if (hold) {
+      std::call_once(once_, [&] { entered.set_value(); });
+      gate_.wait();
+    }
+    return base_.RemoveFile(p);
+  }
+  Status RemoveDir(const std::string& p) override { return base_.RemoveDir(p); }
+  Status CreateDir(const std::string& p, uint32_t m) override { return base_.CreateDir(p, m); }
+  Result<std::vector<std::string>> ListDir(const std::string& d) override { return base_.ListDir(d); }
+  Result<io::FileInfo> Stat(const std::string& p) override { return base_.Stat(p); }
+
+ private:
+  io::FileSystem& base_;
+  std::once_flag once_;
+  std::shared_future<void> gate_ = open.get_future().share();
+};
+
+// Save returns once the new step is durable; the retention prune of older shards runs
+// afterwards on the writer's thread, and Flush (or closing the writer) waits for it.
+TEST(CheckpointTest, PruningRunsAfterSaveReturns) {
+  TempDir dir;
+  auto key = NewKey();
+  GatedRemoveFileSystem gated(io::DefaultFileSystem());
+  WriterOptions o = Options(dir, key);
+  o.fs = &gated;
+  o.retention = {1, 0};
+  auto w = CheckpointWriter::Open(o);
+  ASSERT_TRUE(w.has_value());
+  auto t = MakeTensor("w", DType::kF32, {1000}, 4);
+  std::vector<TensorRef> refs{t.ref()};
+  ASSERT_TRUE((*w)->Save(1, refs).has_value());
+  ASSERT_TRUE((*w)->Flush().has_value());
+  const std::string shard1 = dir.Sub("run/" + StepDirName(1) + "/" + ShardFileName(0));
+  ASSERT_TRUE(io::DefaultFileSystem().Stat(shard1).has_value());
+
+  gated.hold = true;
+  auto saved = (*w)->Save(2, refs);  // its prune blocks in RemoveFile, Save does not
+  ASSERT_TRUE(saved.has_value()) << saved.error().ToString();
+  ASSERT_EQ(gated.entered.get_future().wait_for(std::chrono::seconds(30)),
+            std::future_status::ready)
+      << "the prune never started";
+  EXPECT_TRUE(io::DefaultFileSystem().Stat(shard1).has_value()) << "pruned before the gate opened";
+  EXPECT_EQ((*w)->prune_status().runs, 1) << "only step 1's own prune has finished";
+  {
+    // Meanwhile the new step is committed and readable.
+    auto r = CheckpointReader::Open(dir.Sub("run"), {key});
+    ASSERT_TRUE(r.has_value()) << r.error().ToString();
+    EXPECT_EQ((*r)->step(), 2u);
+    EXPECT_EQ((*r)->digest(), saved->manifest_digest);
+  }
+  gated.open.set_value();
+  ASSERT_TRUE((*w)->Flush().has_value());
+  EXPECT_FALSE(io::DefaultFileSystem().Stat(shard1).has_value());
+  EXPECT_EQ((*w)->prune_status().pruned_steps, (std::vector<uint64_t>{1}));
+  EXPECT_EQ((*w)->prune_status().runs, 2);
+
+  // Closing the writer also waits: step 2 is pruned once step 3 is saved and the writer
+  // is gone.
+  gated.hold = false;
+  ASSERT_TRUE((*w)->Save(3, refs).has_value());
+  w->reset();
+  auto scan = ScanChain(io::DefaultFileSystem(), dir.Sub("run"));
+  ASSERT_TRUE(scan.has_value());
+  ASSERT_TRUE(scan->ok()) << scan->problems.front();
+  ASSERT_EQ(scan->steps.size(), 3u);
+  EXPECT_EQ(scan->steps[0].state, StepState::kPruned);
+  EXPECT_EQ(scan->steps[1].state, StepState::kPruned);
+  EXPECT_EQ(scan->steps[2].state, StepState::kComplete);
+}
+
+// A prune that fails is reported, leaves the committed steps alone, and the next
+// commit's prune catches up.
+TEST(CheckpointTest, FailedPruneIsReportedAndRetried) {
+  TempDir dir;
+  auto key = NewKey();
+  io::FaultInjectingFileSystem ffs;
+  WriterOptions o = Options(dir, key);
+  o.fs = &ffs;
+  o.retention = {1, 0};
+  auto w = CheckpointWriter::Open(o);
+  ASSERT_TRUE(w.has_value());
+  auto t = MakeTensor("w", DType::kF32, {1000}, 5);
+  std::vector<TensorRef> refs{t.ref()};
+  ASSERT_TRUE((*w)->Save(1, refs).has_value());
+  ffs.FailAll(io::OpKind::kRemove, EACCES);
+  auto saved = (*w)->Save(2, refs);
+  ASSERT_TRUE(saved.has_value()) << "a prune failure must not fail the commit";
+  ASSERT_TRUE((*w)->Flush().has_value());
+  auto st = (*w)->prune_status();
+  ASSERT_TRUE(st.last_error.has_value());
+  EXPECT_EQ(st.last_error->code(), Code::kPermissionDenied);
+  EXPECT_TRUE(st.pruned_steps.empty());
+  ASSERT_TRUE(ffs.RecoverFromCrash().has_value());  // clears the rule
+  ASSERT_TRUE((*w)->Save(3, refs).has_value());
+  ASSERT_TRUE((*w)->Flush().has_value());
+  st = (*w)->prune_status();
+  EXPECT_FALSE(st.last_error.has_value());
+  EXPECT_EQ(st.pruned_steps, (std::vector<uint64_t>{1, 2}));
+  auto rep = VerifyDirectory(io::DefaultFileSystem(), dir.Sub("run"), {{}, key.get()});
+  ASSERT_TRUE(rep.has_value());
+  EXPECT_TRUE(rep->ok()) << rep->failures.front().message;
+  EXPECT_EQ(rep->shards_checked, 1u);
 }
 
 TEST(CheckpointTest, RekeyRewrapsWithoutChangingDigests) {

@@ -53,7 +53,7 @@ TEST(CrashTest, CrashAtEveryOperationOfACommit) {
     o.run_id = "crash";
     o.key = key;
     o.chunk_size = 16 << 10;
-    o.retention = {2, 0};  // pruning runs inside the commit too
+    o.retention = {2, 0};  // and the prune queued after the commit
     auto t1 = MakeTensor("w", DType::kF32, {30000}, 1);
     auto t2 = MakeTensor("w", DType::kF32, {30000}, 2);
     {
@@ -71,8 +71,8 @@ TEST(CrashTest, CrashAtEveryOperationOfACommit) {
     ffs.CrashAtOp(op);
     std::vector<TensorRef> refs{t2.ref()};
     auto saved = (*w)->Save(3, refs);
+    w->reset();  // waits for the background prune, whose operations count too
     const bool crashed = ffs.crashed();
-    w->reset();
     ASSERT_TRUE(ffs.RecoverFromCrash().has_value());
     if (!crashed) completed_at = op;
     crashes += crashed;
@@ -92,6 +92,7 @@ TEST(CrashTest, CrashAtEveryOperationOfACommit) {
     auto w2 = CheckpointWriter::Open(o);
     ASSERT_TRUE(w2.has_value()) << "op " << op << ": " << w2.error().ToString();
     ASSERT_TRUE((*w2)->Save(4, refs).has_value()) << "op " << op;
+    ASSERT_TRUE((*w2)->Flush().has_value());  // its prune runs in the background
     auto rep = VerifyDirectory(io::DefaultFileSystem(), dir.Sub("run"), {{}, key.get()});
     ASSERT_TRUE(rep.has_value());
     EXPECT_TRUE(rep->ok()) << "op " << op << ": " << rep->failures.front().message;
@@ -102,6 +103,70 @@ TEST(CrashTest, CrashAtEveryOperationOfACommit) {
   EXPECT_GT(completed_at, 10) << "a commit has at least mkdir, write, fsync, rename, fsync-dir";
   EXPECT_EQ(crashes, completed_at - 1);
   std::printf("crash points tested: %d (commit completes at op %d)\n", crashes, completed_at);
+}
+
+// The retention prune runs after Save has returned. A crash after the commit but before
+// (or during) the prune leaves a valid chain whose newest step is the new one, with the
+// old shards still there; the next writer's first commit prunes them.
+TEST(CrashTest, CrashBeforeThePruneKeepsTheNewStepAndPrunesLater) {
+  auto key = NewKey();
+  TempDir dir;
+  WriterOptions o;
+  o.dir = dir.Sub("run");
+  o.run_id = "crash-prune";
+  o.key = key;
+  o.chunk_size = 16 << 10;
+  o.retention = {1, 0};
+  auto t1 = MakeTensor("w", DType::kF32, {30000}, 1);
+  auto t2 = MakeTensor("w", DType::kF32, {30000}, 2);
+  std::vector<TensorRef> r1{t1.ref()}, r2{t2.ref()};
+  {
+    auto w = CheckpointWriter::Open(o);
+    ASSERT_TRUE(w.has_value());
+    ASSERT_TRUE((*w)->Save(1, r1).has_value());
+  }
+  io::FaultInjectingFileSystem ffs;
+  o.fs = &ffs;
+  {
+    auto w = CheckpointWriter::Open(o);
+    ASSERT_TRUE(w.has_value());
+    ffs.ResetTracking();
+    // The power goes at the prune's first removal: everything before it (the whole
+    // commit of step 2) went through.
+    ffs.FailAll(io::OpKind::kRemove, EIO);
+    auto saved = (*w)->Save(2, r2);
+    ASSERT_TRUE(saved.has_value()) << saved.error().ToString();
+    ASSERT_TRUE((*w)->Flush().has_value());
+    ASSERT_TRUE((*w)->prune_status().last_error.has_value());
+    ffs.CrashAtOp(ffs.mutating_ops() + 1);
+  }
+  ASSERT_TRUE(ffs.RecoverFromCrash().has_value());
+
+  auto scan = ScanChain(io::DefaultFileSystem(), dir.Sub("run"));
+  ASSERT_TRUE(scan.has_value());
+  ASSERT_TRUE(scan->ok()) << scan->problems.front();
+  ASSERT_EQ(scan->steps.size(), 2u);
+  EXPECT_EQ(scan->steps[0].state, StepState::kComplete) << "not pruned before the crash";
+  EXPECT_EQ(scan->steps[1].state, StepState::kComplete);
+  {
+    auto r = CheckpointReader::Open(dir.Sub("run"), {key});
+    ASSERT_TRUE(r.has_value()) << r.error().ToString();
+    EXPECT_EQ((*r)->step(), 2u);
+    EXPECT_EQ(ReadTensor(**r, "w"), t2.bytes);
+  }
+  o.fs = nullptr;
+  {
+    auto w = CheckpointWriter::Open(o);
+    ASSERT_TRUE(w.has_value()) << w.error().ToString();
+    ASSERT_TRUE((*w)->Save(3, r2).has_value());
+  }  // closing waits for the prune
+  auto rep = VerifyDirectory(io::DefaultFileSystem(), dir.Sub("run"), {{}, key.get()});
+  ASSERT_TRUE(rep.has_value());
+  EXPECT_TRUE(rep->ok()) << rep->failures.front().message;
+  ASSERT_EQ(rep->scan.steps.size(), 3u);
+  EXPECT_EQ(rep->scan.steps[0].state, StepState::kPruned);
+  EXPECT_EQ(rep->scan.steps[1].state, StepState::kPruned);
+  EXPECT_EQ(rep->scan.steps[2].state, StepState::kComplete);
 }
 
 pid_t Spawn(const std::vector<std::string>& args, const std::string& out_path) {

@@ -82,7 +82,8 @@ struct CheckpointWriter::Snapshot {
 };
 
 struct CheckpointWriter::Job {
-  uint64_t step;
+  enum class Kind { kSave, kPrune } kind = Kind::kSave;
+  uint64_t step = 0;
   std::unique_ptr<Snapshot> snapshot;
   std::promise<Result<CommitInfo>> promise;
 };
@@ -201,7 +202,10 @@ Result<CommitInfo> CheckpointWriter::Commit(uint64_t step, std::span<const Tenso
     header.run_tag = RunTag(options_.run_id);
     CAIRN_RETURN_IF_ERROR(fs_->CreateDir(step_dir, 0700));
     CAIRN_RETURN_IF_ERROR(fs_->SyncDir(options_.dir));
-    CAIRN_ASSIGN_OR_RETURN(auto file, fs_->NewWritableFile(tmp_path, 0600));
+    CAIRN_ASSIGN_OR_RETURN(
+        auto file,
+        fs_->NewWritableFile(tmp_path, {.mode = 0600,
+                                        .early_writeback_bytes = options_.early_writeback_bytes}));
     EncryptOptions eo;
     eo.threads = options_.encrypt_threads;
     CAIRN_ASSIGN_OR_RETURN(auto summary, EncryptShard(*image, header, data_key, *file, eo));
@@ -285,13 +289,6 @@ Result<CommitInfo> CheckpointWriter::Commit(uint64_t step, std::span<const Tenso
       if (auto st = WriteHead(*fs_, options_.dir, {digest, step}); !st) {
         log->warn("step {} committed, but updating HEAD failed: {}", step, st.error().ToString());
       }
-      auto pruned = Prune(*fs_, options_.dir, options_.retention);
-      if (pruned) {
-        info.pruned_steps = *pruned;
-      } else {
-        log->warn("step {} committed, but retention pruning failed: {}", step,
-                  pruned.error().ToString());
-      }
       return digest;
     }();
     if (committed) {
@@ -317,12 +314,63 @@ Result<CommitInfo> CheckpointWriter::Commit(uint64_t step, std::span<const Tenso
     head_ = HeadRecord{info.manifest_digest, step};
   }
   log->debug("committed step {} rank {} ({} bytes)", step, rank, info.bytes_written);
+  // The step is durable on every rank; older shards go off the critical path.
+  if (rank == 0) SchedulePrune();
   return info;
+}
+
+void CheckpointWriter::StartBackgroundLocked() {
+  if (!background_.joinable()) background_ = std::thread([this] { BackgroundLoop(); });
+}
+
+void CheckpointWriter::SchedulePrune() {
+  std::lock_guard lock(mu_);
+  if (prune_queued_) return;  // the queued one has not started: it will see this commit too
+  prune_queued_ = true;
+  ++prunes_outstanding_;
+  auto job = std::make_unique<Job>();
+  job->kind = Job::Kind::kPrune;
+  queue_.push_front(std::move(job));  // before queued saves: free the space soon
+  StartBackgroundLocked();
+  cv_.notify_all();
+}
+
+void CheckpointWriter::RunPrune() {
+  {
+    std::lock_guard lock(mu_);
+    prune_queued_ = false;  // commits from now on queue another prune
+  }
+  // Never concurrent with a commit of this writer: async commits run on this thread, and
+  // Save() waits (Flush) for queued prunes before it starts.
+  auto pruned = Prune(*fs_, options_.dir, options_.retention);
+  if (!pruned) {
+    log::Logger("checkpoint")->warn("retention pruning of {} failed (committed steps are not "
+                                    "affected; the next commit retries): {}",
+                                    options_.dir, pruned.error().ToString());
+  }
+  std::lock_guard lock(mu_);
+  ++prune_status_.runs;
+  if (pruned) {
+    prune_status_.pruned_steps.insert(prune_status_.pruned_steps.end(), pruned->begin(),
+                                      pruned->end());
+    prune_status_.last_error.reset();
+  } else {
+    prune_status_.last_error = pruned.error();
+  }
+  --prunes_outstanding_;
+  cv_.notify_all();
+}
+
+PruneStatus CheckpointWriter::prune_status() const {
+  std::lock_guard lock(mu_);
+  return prune_status_;
 }
 
 Result<CommitInfo> CheckpointWriter::Save(uint64_t step, std::span<const TensorRef> tensors,
                                           std::span<const BlobRef> blobs) {
-  CAIRN_RETURN_IF_ERROR(Flush());  // keep commits in step order
+  // Keeps commits in step order; also waits for the previous commit's prune, which has
+  // usually finished long before (it runs while the caller trains).
+  CAIRN_RETURN_IF_ERROR(Flush());
   CAIRN_RETURN_IF_ERROR(CheckStep(step));
   return Commit(step, tensors, blobs);
 }
@@ -351,7 +399,7 @@ Result<SaveHandle> CheckpointWriter::SaveAsync(uint64_t step, std::span<const Te
     std::lock_guard lock(mu_);
     queue_.push_back(std::move(job));
     pending_.push_back(future);
-    if (!background_.joinable()) background_ = std::thread([this] { BackgroundLoop(); });
+    StartBackgroundLocked();
     cv_.notify_all();
   }
   return SaveHandle(future);
@@ -366,6 +414,10 @@ void CheckpointWriter::BackgroundLoop() {
       if (queue_.empty()) return;  // stopping, nothing left
       job = std::move(queue_.front());
       queue_.pop_front();
+    }
+    if (job->kind == Job::Kind::kPrune) {
+      RunPrune();
+      continue;
     }
     auto result = Commit(job->step, job->snapshot->tensors, job->snapshot->blobs);
     {
@@ -389,6 +441,9 @@ Status CheckpointWriter::Flush() {
     auto r = f.get();
     if (!r && first) first = std::unexpected(r.error());
   }
+  // Commits queue their prune before their result is published, so this sees them all.
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return prunes_outstanding_ == 0; });
   return first;
 }
 

@@ -14,14 +14,26 @@
 // at most max_inflight saves are held: SaveAsync blocks while that many are pending.
 // Completion or the error is reported through the returned SaveHandle and Flush().
 //
+// Retention pruning is not part of a commit: once a commit has returned (the new step is
+// durable), rank 0 queues a prune on the writer's background thread. Pruning only
+// removes shard files of older steps, so a crash or an error during it never touches the
+// new checkpoint; errors are logged and kept in prune_status(), and the next commit's
+// prune (or `cairn ckpt gc`) retries. Flush(), Save() (before it starts) and the
+// destructor wait for queued prunes, so a prune never runs concurrently with a commit.
+//
 // Commit sequence of step S (rank r; rank 0 also writes the manifest):
 //   1. mkdir DIR/step-S, fsync DIR
 //   2. encrypt shard -> step-S/.tmp-<rand>-rank-r.shard, fsync, close,
 //      rename -> rank-r.shard, fsync step-S
 //   3. AllGather(shard report | error)                      [all ranks]
 //   4. rank 0: manifest -> step-S/.tmp-<rand>-MANIFEST, fsync, rename MANIFEST,
-//      fsync step-S; HEAD -> atomic replace; retention prune
+//      fsync step-S; HEAD -> atomic replace
 //   5. AllGather(manifest digest | error)                   [all ranks]
+//   then, after Save returns: rank 0 queues a retention prune (background thread)
+//
+// The shard file is written with early writeback (io::WritableFileOptions): the disk
+// starts on each completed region while later chunks are still being encrypted, so the
+// fsync in step 2 has little left to do.
 //
 // Threading: Save/SaveAsync/Flush from one thread at a time; async work runs on one
 // background thread owned by the writer.
@@ -56,7 +68,9 @@ struct WriterOptions {
   uint32_t chunk_size = 1u << 20;
   int encrypt_threads = 2;
   int max_inflight = 2;
-  Retention retention;             // applied by rank 0 after each commit
+  Retention retention;             // applied by rank 0 after each commit (in the background)
+  // Early writeback region of shard files (io::WritableFileOptions); 0: off.
+  uint64_t early_writeback_bytes = 8u << 20;
   Digest provenance_digest{};      // bound into every manifest written
   // The head digest the coordinator holds; Open fails if the directory was rolled back.
   std::optional<Digest> expected_head;
@@ -67,7 +81,13 @@ struct CommitInfo {
   Digest manifest_digest{};
   Digest previous_digest{};
   uint64_t bytes_written = 0;  // this rank's shard file
-  std::vector<uint64_t> pruned_steps;
+};
+
+// What the background retention pruning has done since the writer was opened (rank 0).
+struct PruneStatus {
+  std::vector<uint64_t> pruned_steps;  // in the order pruned
+  int runs = 0;                        // prunes finished (successfully or not)
+  std::optional<Error> last_error;     // of the latest prune; cleared by one that succeeds
 };
 
 // Completion of one SaveAsync.
@@ -103,8 +123,11 @@ class CheckpointWriter {
   // Snapshot now, write in the background.
   Result<SaveHandle> SaveAsync(uint64_t step, std::span<const TensorRef> tensors,
                                std::span<const BlobRef> blobs = {});
-  // Waits for every async save; returns the first error among them, if any.
+  // Waits for every async save and every queued retention prune; returns the first
+  // error among the saves, if any (prune errors are in prune_status()).
   Status Flush();
+
+  PruneStatus prune_status() const;
 
   // Digest and step of the newest committed manifest (what the coordinator should hold).
   std::optional<HeadRecord> head() const;
@@ -119,6 +142,9 @@ class CheckpointWriter {
   Result<CommitInfo> Commit(uint64_t step, std::span<const TensorRef> tensors,
                             std::span<const BlobRef> blobs);
   Status CheckStep(uint64_t step);
+  void SchedulePrune();
+  void RunPrune();
+  void StartBackgroundLocked();  // mu_ held
   void BackgroundLoop();
 
   WriterOptions options_;
@@ -136,8 +162,11 @@ class CheckpointWriter {
   int inflight_ = 0;
   bool stopping_ = false;
   std::vector<std::shared_future<Result<CommitInfo>>> pending_;
+  bool prune_queued_ = false;   // a prune job is queued and not started yet
+  int prunes_outstanding_ = 0;  // queued or running
+  PruneStatus prune_status_;
 
-  std::thread background_;  // started lazily by the first SaveAsync
+  std::thread background_;  // started lazily by the first SaveAsync or prune
 };
 
 }  // namespace cairn::ckpt

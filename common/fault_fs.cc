@@ -213,10 +213,10 @@ Status FaultInjectingFileSystem::RecoverFromCrash() {
 }
 
 Result<std::unique_ptr<WritableFile>> FaultInjectingFileSystem::NewWritableFile(
-    const std::string& path, uint32_t mode) {
+    const std::string& path, const WritableFileOptions& options) {
   if (int err = Check(OpKind::kCreate, path, nullptr)) return Injected(err, OpKind::kCreate, path);
   bool existed = static_cast<bool>(base_.Stat(path));
-  CAIRN_ASSIGN_OR_RETURN(auto f, base_.NewWritableFile(path, mode));
+  CAIRN_ASSIGN_OR_RETURN(auto f, base_.NewWritableFile(path, options));
   {
     std::lock_guard lock(mu_);
     if (!existed) pending_.push_back({Pending::kCreated, path, ""});

@@ -9,7 +9,8 @@
 //   - a file created, or a rename done, since the last SyncDir() of its directory is
 //     undone (the file removed, the rename reversed and a file it replaced restored),
 //     newest first.
-// Removals are treated as durable at once. Operations are counted from 1 in the order
+// Removals are treated as durable at once. WritableFileOptions (early writeback) pass
+// through to the base file system; they do not change what counts as durable. Operations are counted from 1 in the order
 // they are issued, so a test can crash at op 1, 2, 3, ... until a whole commit passes.
 //
 // Threading: thread-safe (one mutex around the bookkeeping).
@@ -52,8 +53,9 @@ class FaultInjectingFileSystem final : public FileSystem {
   std::vector<std::string> op_log() const;
 
   // FileSystem:
-  Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
-                                                        uint32_t mode) override;
+  using FileSystem::NewWritableFile;
+  Result<std::unique_ptr<WritableFile>> NewWritableFile(
+      const std::string& path, const WritableFileOptions& options) override;
   Result<std::unique_ptr<ReadableFile>> OpenReadable(const std::string& path) override;
   Status Rename(const std::string& from, const std::string& to) override;
   Status SyncDir(const std::string& dir) override;

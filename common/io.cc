@@ -12,9 +12,12 @@
 namespace cairn::io {
 namespace {
 
+constexpr uint64_t kPageBytes = 4096;
+
 class PosixWritableFile final : public WritableFile {
  public:
-  PosixWritableFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  PosixWritableFile(int fd, std::string path, uint64_t writeback_interval)
+      : fd_(fd), path_(std::move(path)), writeback_interval_(writeback_interval) {}
   ~PosixWritableFile() override {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -32,6 +35,10 @@ class PosixWritableFile final : public WritableFile {
       if (n == 0) return MakeError(Code::kInternal, "write {}: wrote 0 bytes", path_);
       p += n;
       left -= static_cast<std::size_t>(n);
+    }
+    appended_ += data.size();
+    if (auto range = NextWritebackRange(writeback_started_, appended_, writeback_interval_)) {
+      return StartWriteback(*range);
     }
     return OkStatus();
   }
@@ -55,8 +62,32 @@ class PosixWritableFile final : public WritableFile {
   const std::string& path() const override { return path_; }
 
  private:
+  // Starts writeback of `range` without waiting for it. Only an I/O error or a full disk
+  // is reported; where the call is not supported (not Linux, not a regular file) early
+  // writeback is switched off for this file and appends go on as plain buffered writes.
+  Status StartWriteback(const ByteRange& range) {
+    writeback_started_ = range.offset + range.length;
+#ifdef __linux__
+    if (::sync_file_range(fd_, static_cast<off64_t>(range.offset),
+                          static_cast<off64_t>(range.length), SYNC_FILE_RANGE_WRITE) != 0) {
+      const int err = errno;
+      if (err == EIO || err == ENOSPC) {
+        return ErrnoError(err, fmt::format("start writeback of {} at offset {}", path_,
+                                           range.offset));
+      }
+      writeback_interval_ = 0;
+    }
+#else
+    writeback_interval_ = 0;
+#endif
+    return OkStatus();
+  }
+
   int fd_;
   std::string path_;
+  uint64_t writeback_interval_;  // 0: early writeback off
+  uint64_t appended_ = 0;
+  uint64_t writeback_started_ = 0;  // bytes [0, this) were handed to writeback
 };
 
 class PosixReadableFile final : public ReadableFile {
@@ -90,8 +121,9 @@ class PosixReadableFile final : public ReadableFile {
 
 class PosixFileSystem final : public FileSystem {
  public:
-  Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
-                                                        uint32_t mode) override {
+  Result<std::unique_ptr<WritableFile>> NewWritableFile(
+      const std::string& path, const WritableFileOptions& options) override {
+    const uint32_t mode = options.mode;
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
     if (fd < 0) return ErrnoError(errno, fmt::format("create {}", path));
     // O_CREAT does not change the mode of an existing file; make it exact.
@@ -100,7 +132,9 @@ class PosixFileSystem final : public FileSystem {
       ::close(fd);
       return ErrnoError(err, fmt::format("chmod {}", path));
     }
-    return std::make_unique<PosixWritableFile>(fd, path);
+    const uint64_t want = std::min<uint64_t>(options.early_writeback_bytes, uint64_t{1} << 62);
+    const uint64_t interval = (want + kPageBytes - 1) / kPageBytes * kPageBytes;
+    return std::make_unique<PosixWritableFile>(fd, path, interval);
   }
 
   Result<std::unique_ptr<ReadableFile>> OpenReadable(const std::string& path) override {
@@ -181,6 +215,14 @@ class PosixFileSystem final : public FileSystem {
 };
 
 }  // namespace
+
+std::optional<ByteRange> NextWritebackRange(uint64_t started, uint64_t appended,
+                                            uint64_t interval) {
+  if (interval == 0) return std::nullopt;
+  const uint64_t end = appended / interval * interval;  // end of the last whole region
+  if (end <= started) return std::nullopt;
+  return ByteRange{started, end - started};
+}
 
 FileSystem& DefaultFileSystem() {
   static PosixFileSystem* fs = new PosixFileSystem();

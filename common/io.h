@@ -7,6 +7,13 @@
 // kResourceExhausted, ENOENT -> kNotFound, ...). WritableFile::Append writes all bytes or
 // fails: short writes from the kernel are retried, EINTR is retried.
 //
+// Early writeback (WritableFileOptions::early_writeback_bytes): a file opened with it
+// hands each completed region of that many bytes to the kernel for writeback as soon as
+// appends complete it (Linux: sync_file_range(SYNC_FILE_RANGE_WRITE), which starts I/O
+// and does not wait for it), so the disk works while later bytes are still being
+// produced and the final Sync() has little left to flush. It changes when bytes reach
+// the disk, never what is durable: only Sync() makes data durable.
+//
 // Threading: FileSystem implementations are thread-safe. A WritableFile or ReadableFile
 // is used by one thread at a time (ReadableFile::ReadAt is safe concurrently: pread).
 #pragma once
@@ -14,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -22,6 +30,24 @@
 #include "common/status.h"
 
 namespace cairn::io {
+
+struct WritableFileOptions {
+  uint32_t mode = 0600;  // permission bits of the created file
+  // 0: off. Otherwise the region size for early writeback (see above), rounded up to a
+  // multiple of 4096. 8-32 MiB suits large sequential files.
+  uint64_t early_writeback_bytes = 0;
+};
+
+// The byte range early writeback should start after an append: every whole region of
+// `interval` bytes that ends at or before `appended` and after `started` (the end of
+// what was handed over before), as one range; nullopt if there is none.
+struct ByteRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  bool operator==(const ByteRange&) const = default;
+};
+std::optional<ByteRange> NextWritebackRange(uint64_t started, uint64_t appended,
+                                            uint64_t interval);
 
 class WritableFile {
  public:
@@ -53,9 +79,16 @@ struct FileInfo {
 class FileSystem {
  public:
   virtual ~FileSystem() = default;
-  // Creates (or truncates) path for writing with the given permission bits.
-  virtual Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
-                                                                uint32_t mode = 0600) = 0;
+  // Creates (or truncates) path for writing. Implementations that wrap another
+  // FileSystem pass the options through (add `using FileSystem::NewWritableFile;` so the
+  // mode-only overload stays visible).
+  virtual Result<std::unique_ptr<WritableFile>> NewWritableFile(
+      const std::string& path, const WritableFileOptions& options) = 0;
+  // Same, with default options and the given permission bits.
+  Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
+                                                        uint32_t mode = 0600) {
+    return NewWritableFile(path, WritableFileOptions{.mode = mode});
+  }
   virtual Result<std::unique_ptr<ReadableFile>> OpenReadable(const std::string& path) = 0;
   // Atomically replaces `to` with `from` (rename(2)); durable only after SyncDir.
   virtual Status Rename(const std::string& from, const std::string& to) = 0;
