@@ -568,6 +568,7 @@ Result<int> Trainer::Run() {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
 
   // Final (or preemption) checkpoint, then wait for every background save.
+  const double loop_blocked_s = ckpt_blocked_s_;
   Status final_save = Save(state_.step, /*sync=*/true);
   if (writer_) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -594,11 +595,14 @@ Result<int> Trainer::Run() {
   }
   CAIRN_ASSIGN_OR_RETURN(double acc, TestAccuracy());
   const uint64_t ran = state_.step - first_step;
+  // Blocked time during training (periodic saves) vs the final save and flush at the end.
   Print(fmt::format("summary steps={} ranks={} train_seconds={:.3f} samples_per_second={:.1f} "
-                    "ckpt_blocked_seconds={:.4f} ckpt_blocked_fraction={:.5f}",
+                    "ckpt_blocked_seconds={:.4f} ckpt_blocked_fraction={:.5f} "
+                    "final_save_seconds={:.4f}",
                     ran, comm_->size(), train_s,
                     train_s > 0 ? static_cast<double>(ran) * opt_.batch / train_s : 0.0,
-                    ckpt_blocked_s_, train_s > 0 ? ckpt_blocked_s_ / train_s : 0.0));
+                    loop_blocked_s, train_s > 0 ? loop_blocked_s / train_s : 0.0,
+                    ckpt_blocked_s_ - loop_blocked_s));
   ckpt::Sha256 sha;
   sha.Update(std::as_bytes(std::span<const float>(params_)));
   Print(fmt::format("test_accuracy={:.4f}", acc));
