@@ -85,3 +85,17 @@ function(cairn_mpi_test)
       ENVIRONMENT "CAIRN_BIN_DIR=${PROJECT_BINARY_DIR}/bin;CAIRN_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
   endforeach()
 endfunction()
+
+# cairn_cuda_library(NAME x SRCS ... [DEPS ...]): CUDA sources compiled as C++20 behind
+# a narrow (plain-types) header; target cairn_x with alias cairn::x.
+function(cairn_cuda_library)
+  cmake_parse_arguments(A "" "NAME" "SRCS;DEPS" ${ARGN})
+  set(t cairn_${A_NAME})
+  add_library(${t} STATIC ${A_SRCS})
+  add_library(cairn::${A_NAME} ALIAS ${t})
+  target_include_directories(${t} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${t} PUBLIC ${A_DEPS})
+  target_compile_options(${t} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall>)
+  set_target_properties(${t} PROPERTIES CUDA_SEPARABLE_COMPILATION OFF
+    CUDA_ARCHITECTURES "${CAIRN_CUDA_ARCHITECTURES}")
+endfunction()

@@ -127,5 +127,26 @@ TEST_F(FmnistExact, ResumeRefusesAChangedConfiguration) {
       << r.output;
 }
 
+// --device cuda (label gpu): reaches the accuracy target in 3 epochs, and a preempted GPU
+// run resumes bit-identically. Skips without a GPU.
+TEST_F(FmnistExact, CudaDeviceTrainsAndResumesExactly) {
+  auto probe = RunCommand({BinDir() + "/cairn-fmnist", "--device", "cuda", "--steps", "1"});
+  if (probe.output.find("no CUDA device is visible") != std::string::npos ||
+      probe.output.find("this build has no CUDA") != std::string::npos) {
+    GTEST_SKIP() << "no usable GPU: " << probe.output.substr(0, probe.output.find('\n'));
+  }
+  ASSERT_EQ(probe.exit_code, 0) << probe.output;
+  auto full = TrainingRun::Run({BinDir() + "/cairn-fmnist", "--device", "cuda"}, 0, std::nullopt);
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  EXPECT_GE(std::stod(OutputValue(full.output, "test_accuracy")), 0.85) << full.output;
+
+  const std::vector<std::string> cuda = {"--device", "cuda"};
+  const std::string baseline = Complete("gpu_base", 0, cuda);
+  Interrupt("gpu_pre", 0, SIGTERM, 0, cuda);
+  EXPECT_EQ(Complete("gpu_pre", 0, cuda), baseline);
+  Interrupt("gpu_kill", 0, SIGKILL, 0, cuda);
+  EXPECT_EQ(Complete("gpu_kill", 0, cuda), baseline);
+}
+
 }  // namespace
 }  // namespace cairn::testing

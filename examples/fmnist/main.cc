@@ -41,6 +41,11 @@
 #include "runtime/progress.h"
 #include "runtime/rng.h"
 
+#ifdef CAIRN_HAVE_CUDA_MLP
+#include "collectives/nccl_communicator.h"
+#include "examples/fmnist/cuda_mlp.h"
+#endif
+
 namespace cairn::fmnist {
 namespace {
 
@@ -79,6 +84,24 @@ struct TrainState {
 };
 
 std::string Hex(const ckpt::Digest& d) { return ckpt::ToHex(d); }
+
+#ifdef CAIRN_HAVE_CUDA_MLP
+constexpr bool kCudaBuilt = true;
+// Turns the CUDA interface's "empty string or message" into a Status.
+Status Cuda(const std::string& err) {
+  if (err.empty()) return OkStatus();
+  return MakeError(Code::kUnavailable, "CUDA: {}", err);
+}
+// The GPU side of a run: the model on the device and the NCCL communicator.
+struct Gpu {
+  std::unique_ptr<coll::NcclCommunicator> nccl;
+  cuda::Mlp* mlp = nullptr;
+  ~Gpu() { cuda::Destroy(mlp); }
+};
+#else
+constexpr bool kCudaBuilt = false;
+struct Gpu {};
+#endif
 
 class Trainer {
  public:
@@ -142,6 +165,10 @@ class Trainer {
   double ckpt_blocked_s_ = 0.0;
   int ckpt_failures_ = 0;
   bool stop_agreed_ = false;
+  std::unique_ptr<Gpu> gpu_;  // --device cuda
+
+  Status SetUpGpu();
+  Status SyncFromGpu();
 };
 
 Status Trainer::Validate() {
@@ -162,9 +189,18 @@ Status Trainer::Validate() {
     return MakeError(Code::kInvalidArgument, "--reduce must be default or exact, not '{}'",
                      opt_.reduce);
   }
-  if (opt_.device != "cpu") {
+  if (opt_.device != "cpu" && opt_.device != "cuda") {
+    return MakeError(Code::kInvalidArgument, "--device must be cpu or cuda, not '{}'",
+                     opt_.device);
+  }
+  if (opt_.device == "cuda" && !kCudaBuilt) {
+    return MakeError(Code::kFailedPrecondition,
+                     "--device cuda: this build has no CUDA (configure with CAIRN_WITH_CUDA on a "
+                     "machine with the CUDA toolkit)");
+  }
+  if (opt_.device == "cuda" && exact()) {
     return MakeError(Code::kInvalidArgument,
-                     "--device {}: this build of cairn-fmnist trains on the CPU only", opt_.device);
+                     "--reduce exact runs on the CPU only (use --device cpu)");
   }
   if (static_cast<uint32_t>(opt_.batch) > data_->train.count) {
     return MakeError(Code::kInvalidArgument, "--batch {} exceeds the {} training samples",
@@ -353,6 +389,7 @@ Status Trainer::Resume() {
 Status Trainer::Save(uint64_t step, bool sync) {
   if (!writer_ || (last_saved_ && *last_saved_ >= step)) return OkStatus();
   const auto t0 = std::chrono::steady_clock::now();
+  CAIRN_RETURN_IF_ERROR(SyncFromGpu());
   std::vector<ckpt::TensorRef> tensors;
   if (comm_->rank() == 0) {
     for (const Tensor& t : layout_.tensors()) {
@@ -402,6 +439,15 @@ Result<double> Trainer::TestAccuracy() {
     idx.resize(end - start);
     for (uint32_t i = start; i < end; ++i) idx[i - start] = i;
     GatherBatch(test, idx, {}, &x_, &y_);
+#ifdef CAIRN_HAVE_CUDA_MLP
+    if (gpu_) {
+      int64_t c = 0;
+      CAIRN_RETURN_IF_ERROR(Cuda(cuda::Correct(gpu_->mlp, x_.data(), y_.data(),
+                                               static_cast<int>(idx.size()), &c)));
+      correct[0] += c;
+      continue;
+    }
+#endif
     correct[0] += mlp_.Correct(params_, x_.data(), y_.data(), idx.size());
   }
   CAIRN_RETURN_IF_ERROR(comm_->AllReduceSum(std::span<int64_t>(correct)));
@@ -431,12 +477,22 @@ Status Trainer::Step(uint64_t step) {
     const std::size_t hi = B * static_cast<std::size_t>(r + 1) / static_cast<std::size_t>(W);
     GatherBatch(data_->train, batch.subspan(lo, hi - lo),
                 std::span<const uint8_t>(flips_).subspan(lo, hi - lo), &x_, &y_);
-    std::fill(grad_.begin(), grad_.end(), 0.0f);
-    double loss = mlp_.Gradient(params_, x_.data(), y_.data(), hi - lo, grad_);
+    double loss = 0.0;
+    if (gpu_) {
+#ifdef CAIRN_HAVE_CUDA_MLP
+      CAIRN_RETURN_IF_ERROR(Cuda(cuda::Gradient(gpu_->mlp, x_.data(), y_.data(),
+                                                static_cast<int>(hi - lo), &loss)));
+      CAIRN_RETURN_IF_ERROR(gpu_->nccl->AllReduceSum(cuda::DeviceGradient(gpu_->mlp),
+                                                     layout_.total(), coll::DataType::kF32));
+#endif
+    } else {
+      std::fill(grad_.begin(), grad_.end(), 0.0f);
+      loss = mlp_.Gradient(params_, x_.data(), y_.data(), hi - lo, grad_);
+      CAIRN_RETURN_IF_ERROR(comm_->AllReduceSum(std::span<float>(grad_)));
+      const float inv = 1.0f / static_cast<float>(B);
+      for (float& g : grad_) g *= inv;
+    }
     control[0] = std::llround(loss * kFixedScale);
-    CAIRN_RETURN_IF_ERROR(comm_->AllReduceSum(std::span<float>(grad_)));
-    const float inv = 1.0f / static_cast<float>(B);
-    for (float& g : grad_) g *= inv;
   } else {
     const std::size_t m = static_cast<std::size_t>(opt_.micro_batch);
     const std::size_t micro = B / m;
@@ -474,7 +530,19 @@ Status Trainer::Step(uint64_t step) {
     const double progress = static_cast<double>(step) / total;
     opt_cfg_.lr = static_cast<float>(opt_.lr * 0.5 * (1.0 + std::cos(M_PI * progress)));
   }
-  ApplyUpdate(opt_cfg_, params_, grad_, &opt_state_);
+  if (gpu_) {
+#ifdef CAIRN_HAVE_CUDA_MLP
+    ++opt_state_.t;
+    const float scale = 1.0f / static_cast<float>(B);
+    CAIRN_RETURN_IF_ERROR(Cuda(
+        opt_cfg_.kind == Optimizer::kAdam
+            ? cuda::ApplyAdam(gpu_->mlp, opt_cfg_.lr, opt_cfg_.beta1, opt_cfg_.beta2,
+                              opt_cfg_.eps, opt_state_.t, scale)
+            : cuda::ApplySgd(gpu_->mlp, opt_cfg_.lr, opt_cfg_.momentum, scale)));
+#endif
+  } else {
+    ApplyUpdate(opt_cfg_, params_, grad_, &opt_state_);
+  }
   const double mean_loss = static_cast<double>(control[0]) / kFixedScale / static_cast<double>(B);
   if (!std::isfinite(mean_loss)) {
     return MakeError(Code::kInvalidArgument, "step {}: loss is not finite (lower --lr)", step);
@@ -484,6 +552,47 @@ Status Trainer::Step(uint64_t step) {
   state_.epoch_steps += 1;
   // Only the agreed value decides, so that every rank stops after the same step.
   stop_agreed_ = control[1] > 0;
+  return OkStatus();
+}
+
+Status Trainer::SetUpGpu() {
+#ifdef CAIRN_HAVE_CUDA_MLP
+  const int devices = coll::NcclCommunicator::VisibleDevices();
+  if (devices < 1) {
+    return MakeError(Code::kFailedPrecondition, "--device cuda: no CUDA device is visible");
+  }
+  gpu_ = std::make_unique<Gpu>();
+  const int device = launch_.local_rank % devices;
+  CAIRN_ASSIGN_OR_RETURN(gpu_->nccl,
+                         coll::NcclCommunicator::Create(comm_, device, comm_->timeout()));
+  const auto& L = layout_;
+  cuda::LayerOffsets off{L[0].offset, L[1].offset, L[2].offset, L[3].offset,
+                         L[4].offset, L[5].offset, L.total()};
+  CAIRN_RETURN_IF_ERROR(Cuda(cuda::Create(device, off, opt_cfg_.kind == Optimizer::kAdam,
+                                          &gpu_->mlp)));
+  opt_state_.m.resize(L.total(), 0.0f);
+  opt_state_.v.resize(L.total(), 0.0f);
+  CAIRN_RETURN_IF_ERROR(Cuda(cuda::Upload(gpu_->mlp, params_.data(), opt_state_.m.data(),
+                                          opt_state_.v.data())));
+  if (comm_->rank() == 0) {
+    log::Logger("fmnist")->info("training on CUDA device {} of {} with NCCL", device, devices);
+  }
+  return OkStatus();
+#else
+  return MakeError(Code::kFailedPrecondition, "--device cuda: this build has no CUDA");
+#endif
+}
+
+// Copies the device's parameters and optimizer moments into the host vectors.
+Status Trainer::SyncFromGpu() {
+#ifdef CAIRN_HAVE_CUDA_MLP
+  if (gpu_) {
+    opt_state_.m.resize(layout_.total(), 0.0f);
+    opt_state_.v.resize(layout_.total(), 0.0f);
+    return Cuda(cuda::Download(gpu_->mlp, params_.data(), opt_state_.m.data(),
+                               opt_state_.v.data()));
+  }
+#endif
   return OkStatus();
 }
 
@@ -513,6 +622,7 @@ Result<int> Trainer::Run() {
                        steps[0], i, steps[i], opt_.ckpt_dir);
     }
   }
+  if (opt_.device == "cuda") CAIRN_RETURN_IF_ERROR(SetUpGpu());
   if (!opt_.ckpt_dir.empty()) {
     CAIRN_ASSIGN_OR_RETURN(ckpt_comm_, comm_->Duplicate());
     agreement_ = std::make_unique<coll::CommunicatorAgreement>(ckpt_comm_.get());
@@ -594,6 +704,7 @@ Result<int> Trainer::Run() {
     return rt::kExitPreempted;
   }
   CAIRN_ASSIGN_OR_RETURN(double acc, TestAccuracy());
+  CAIRN_RETURN_IF_ERROR(SyncFromGpu());
   const uint64_t ran = state_.step - first_step;
   // Blocked time during training (periodic saves) vs the final save and flush at the end.
   Print(fmt::format("summary steps={} ranks={} train_seconds={:.3f} samples_per_second={:.1f} "
