@@ -1,10 +1,13 @@
 // The Open MPI backend of Communicator (host buffers).
 //
-// Promise: operations are MPI non-blocking collectives (MPI_Iallreduce, MPI_Ibcast,
-// MPI_Iallgather[v], MPI_Ibarrier) completed by a polling loop that gives up at the
-// communicator's deadline, so a peer that died or stopped answering is an error after at
-// most timeout(), not a hang. Counts beyond MPI's int range are split into pieces. MPI
-// errors are returned (MPI_ERRORS_RETURN), never abort the process.
+// Promise: every operation is non-blocking MPI (MPI_Ibcast, MPI_Iallgather[v],
+// MPI_Ibarrier; allreduce over MPI_Isend/MPI_Irecv: recursive doubling or a direct
+// exchange for small buffers, Rabenseifner or a ring for larger ones) completed by a polling loop that gives up at the communicator's
+// deadline, so a peer that died or stopped answering is an error after at most
+// timeout(), not a hang; receives not yet matched are cancelled then. Allreduce results
+// are bit-identical on every rank and depend only on the inputs and the rank count.
+// Counts beyond MPI's int range are split into pieces. MPI errors are returned
+// (MPI_ERRORS_RETURN), never abort the process.
 //
 // MpiSession owns MPI's lifetime: MPI_Init_thread(MPI_THREAD_MULTIPLE) on construction
 // (or nothing if MPI is already initialised) and MPI_Finalize on destruction, unless a
@@ -76,6 +79,8 @@ class MpiCommunicator final : public Communicator {
   Status CheckUsable() const;
   // Completes *request within the deadline; on failure poisons the communicator.
   Status Complete(void* request, std::string_view op);
+  Status CompleteAll(void* requests, int n, std::string_view op);
+  Status AllReducePiece(std::byte* data, std::size_t count, DataType type, const std::string& op);
   std::unexpected<Error> Poison(Error error);
 
   void* comm_;  // MPI_Comm* (heap), kept opaque so that users need not include mpi.h
@@ -84,6 +89,8 @@ class MpiCommunicator final : public Communicator {
   std::chrono::milliseconds timeout_;
   std::size_t piece_elements_ = std::size_t{1} << 30;
   std::unique_ptr<Error> poisoned_;
+  std::unique_ptr<std::byte[]> scratch_;  // allreduce results land here first
+  std::size_t scratch_size_ = 0;
 };
 
 }  // namespace cairn::coll
