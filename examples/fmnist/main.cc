@@ -504,15 +504,22 @@ Status Trainer::Step(uint64_t step) {
       std::fill(scratch_.begin(), scratch_.end(), 0.0f);
       double loss = mlp_.Gradient(params_, x_.data(), y_.data(), m, scratch_);
       control[0] += std::llround(loss * kFixedScale);
+      // Truncation toward zero is as deterministic as rounding and vectorises; values
+      // out of range (or NaN) are flagged and fail the step instead of wrapping.
+      bool out_of_range = false;
+      const float* g = scratch_.data();
+      int64_t* acc = qgrad_.data();
       for (std::size_t i = 0; i < scratch_.size(); ++i) {
-        const double q = static_cast<double>(scratch_[i]) * kFixedScale;
-        if (!(std::fabs(q) < 4.0e18)) {  // also catches NaN
-          return MakeError(Code::kInvalidArgument,
-                           "step {}: gradient {} out of the fixed-point range of --reduce exact "
-                           "(training diverged; lower --lr)",
-                           step, scratch_[i]);
-        }
-        qgrad_[i] += std::llround(q);
+        const double q = static_cast<double>(g[i]) * kFixedScale;
+        const bool bad = !(std::fabs(q) < 4.0e18);  // also catches NaN
+        out_of_range |= bad;
+        acc[i] += static_cast<int64_t>(bad ? 0.0 : q);
+      }
+      if (out_of_range) {
+        return MakeError(Code::kInvalidArgument,
+                         "step {}: a gradient is out of the fixed-point range of --reduce exact "
+                         "(training diverged; lower --lr)",
+                         step);
       }
     }
     CAIRN_RETURN_IF_ERROR(comm_->AllReduceSum(std::span<int64_t>(qgrad_)));
