@@ -379,7 +379,7 @@ Status Trainer::Resume() {
   last_saved_ = r.step();
   if (comm_->rank() == 0) {
     log::Logger("fmnist")->info("resumed from step {} (epoch {}, batch {}) of {}: manifest {}",
-                                r.step(), r.step() / steps_per_epoch_,
+                                r.step(), r.step() / steps_per_epoch_ + 1,
                                 r.step() % steps_per_epoch_, opt_.ckpt_dir, Hex(r.digest()));
   }
   std::fprintf(stderr, "resumed_from_step=%llu\n", static_cast<unsigned long long>(r.step()));
