@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "tests/process_util.h"
@@ -125,6 +126,45 @@ TEST_F(FmnistExact, ResumeRefusesAChangedConfiguration) {
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("trained with --batch 64, this run asks for 32"), std::string::npos)
       << r.output;
+}
+
+// The job's accuracy promise: >= 85% test accuracy after 3 epochs (label slow).
+TEST_F(FmnistExact, ReachesTargetAccuracyInThreeEpochs) {
+  auto r = TrainingRun::Run({BinDir() + "/cairn-fmnist", "--epochs", "3"}, 0, std::nullopt);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string acc = OutputValue(r.output, "test_accuracy");
+  ASSERT_FALSE(acc.empty()) << r.output;
+  EXPECT_GE(std::stod(acc), 0.85) << r.output;
+  // Per-epoch lines, then the two result lines last.
+  EXPECT_NE(r.output.find("epoch 3 step 2811"), std::string::npos) << r.output;
+  const auto tail = r.output.substr(r.output.rfind("test_accuracy="));
+  EXPECT_EQ(tail.find("weights_sha256="), tail.find('\n') + 1) << tail;
+}
+
+// Bad data: a clear error naming the file, non-zero exit, nothing trained.
+TEST_F(FmnistExact, BadDatasetIsNamed) {
+  const std::string data = (dir_ / "data").string();
+  std::filesystem::create_directories(data);
+  auto write = [&](const std::string& name, const std::string& bytes) {
+    std::ofstream(data + "/" + name, std::ios::binary) << bytes;
+  };
+  // Images with the labels' magic; labels fine.
+  write("train-images-idx3-ubyte", std::string("\x00\x00\x08\x01\x00\x00\x00\x01"
+                                               "\x00\x00\x00\x1c\x00\x00\x00\x1c", 16) +
+                                       std::string(784, '\x01'));
+  write("train-labels-idx1-ubyte", std::string("\x00\x00\x08\x01\x00\x00\x00\x01\x03", 9));
+  auto r = RunCommand({BinDir() + "/cairn-fmnist", "--data-dir", data});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find(data + "/train-images-idx3-ubyte: wrong magic 0x00000801"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("weights_sha256="), std::string::npos);
+
+  auto missing = RunCommand({BinDir() + "/cairn-fmnist", "--data-dir", data + "/nowhere"});
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.output.find("nowhere/train-images-idx3-ubyte.gz: no such file"),
+            std::string::npos)
+      << missing.output;
 }
 
 // --device cuda (label gpu): reaches the accuracy target in 3 epochs, and a preempted GPU
