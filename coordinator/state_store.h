@@ -1,0 +1,114 @@
+// cairnd's durable state in SQLite: jobs, run attempts, nodes, events, checkpoint heads,
+// and the replies of requests already answered (for idempotent RPCs).
+//
+// Promise: the database runs in WAL mode with synchronous=FULL, so a call that returned
+// OK survives kill -9 of cairnd and a power cut; several writes that belong together go
+// through InTransaction (BEGIN IMMEDIATE ... COMMIT), so a crash leaves all of them or
+// none. A file that is not a cairn state database, is corrupt, or has a newer schema is
+// an error naming the file, never silently recreated. Job ids are "job-" + a decimal
+// sequence number that is never reused.
+//
+// Idempotency: FindReply/SaveReply key replies by (client id, request id); the
+// coordinator looks a request up first and, inside the same transaction as the effect,
+// saves the reply, so a retried request gets the first reply and has no second effect.
+//
+// Threading: not thread-safe; owned by the coordinator's io_context (one connection).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "proto/cairn.pb.h"
+
+struct sqlite3;
+
+namespace cairn::coord {
+
+struct NodeRecord {
+  std::string id;
+  proto::NodeResources resources;
+  std::string address;
+  int64_t last_seen_ms = 0;
+  bool quarantined = false;
+  uint32_t failures = 0;
+};
+
+struct EventRecord {
+  int64_t id = 0;
+  std::string job_id;
+  int64_t at_ms = 0;
+  std::string kind;
+  std::string message;
+};
+
+class StateStore {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  static Result<std::unique_ptr<StateStore>> Open(const std::string& path);
+  ~StateStore();
+  StateStore(const StateStore&) = delete;
+  StateStore& operator=(const StateStore&) = delete;
+
+  const std::string& path() const { return path_; }
+
+  // Runs body in one transaction: committed if it returns OK, rolled back otherwise.
+  Status InTransaction(const std::function<Status()>& body);
+
+  // The saved reply of (client, request id), if answered before. The same id reused for
+  // another method is kInvalidArgument.
+  Result<std::optional<std::string>> FindReply(const std::string& client_id, uint64_t request_id,
+                                               const std::string& method);
+  Status SaveReply(const std::string& client_id, uint64_t request_id, const std::string& method,
+                   const std::string& reply, int64_t now_ms);
+  // Forgets replies older than cutoff (clients retry within minutes, not days).
+  Status PruneReplies(int64_t cutoff_ms);
+
+  // Jobs.
+  Result<std::string> CreateJob(const proto::JobSpec& spec, int64_t now_ms);
+  Status SetJobState(const std::string& job_id, proto::JobState state, const std::string& message,
+                     int64_t now_ms);
+  Status AddRestart(const std::string& job_id);
+  Status SetCheckpointHead(const std::string& job_id, uint64_t step, const std::string& digest_hex);
+  // Status with its runs, oldest attempt first.
+  Result<proto::JobStatus> GetJob(const std::string& job_id);
+  Result<std::vector<proto::JobStatus>> ListJobs(bool include_finished);
+
+  // Run attempts (1, 2, ...).
+  Result<uint32_t> BeginRun(const std::string& job_id, const std::string& placement,
+                            const std::string& resumed_from_manifest, uint64_t resumed_from_step,
+                            int64_t now_ms);
+  Status FinishRun(const std::string& job_id, uint32_t attempt, proto::RunState state,
+                   const std::string& failure, int64_t now_ms);
+  Result<std::string> RunPlacement(const std::string& job_id, uint32_t attempt);
+
+  // Nodes.
+  Status UpsertNode(const NodeRecord& node);
+  Status TouchNode(const std::string& id, int64_t now_ms);
+  Status SetNodeHealth(const std::string& id, bool quarantined, uint32_t failures);
+  Result<std::vector<NodeRecord>> ListNodes();
+
+  // Events (append-only log per job; job_id may be empty for cluster events).
+  Status AppendEvent(const std::string& job_id, const std::string& kind,
+                     const std::string& message, int64_t now_ms);
+  Result<std::vector<EventRecord>> Events(const std::string& job_id);
+
+ private:
+  class Stmt;
+  StateStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  Status Exec(const char* sql);
+  std::unexpected<Error> DbError(const std::string& what) const;
+  Result<Stmt> Prepare(const char* sql);
+  Status Migrate();
+
+  sqlite3* db_;
+  std::string path_;
+  int tx_depth_ = 0;
+};
+
+}  // namespace cairn::coord

@@ -1,0 +1,252 @@
+#include "coordinator/state_store.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "common/io.h"
+
+namespace cairn::coord {
+namespace {
+
+class StateStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("cairn_state_" + io::RandomSuffix());
+    std::filesystem::create_directories(dir_);
+    path_ = (dir_ / "state.db").string();
+  }
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  std::unique_ptr<StateStore> OpenOrDie() {
+    auto s = StateStore::Open(path_);
+    EXPECT_TRUE(s) << s.error().ToString();
+    return s ? std::move(*s) : nullptr;
+  }
+  proto::JobSpec Spec(const std::string& name) {
+    proto::JobSpec spec;
+    spec.set_name(name);
+    spec.add_command("train");
+    spec.set_ranks(4);
+    return spec;
+  }
+
+  std::filesystem::path dir_;
+  std::string path_;
+};
+
+TEST_F(StateStoreTest, DurabilitySettings) {
+  auto s = OpenOrDie();
+  ASSERT_TRUE(s);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  auto pragma = [&](const char* sql) {
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(db, sql, -1, &st, nullptr);
+    sqlite3_step(st);
+    std::string v = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return v;
+  };
+  EXPECT_EQ(pragma("PRAGMA journal_mode"), "wal");
+  EXPECT_EQ(pragma("PRAGMA user_version"), "1");
+  sqlite3_close(db);
+}
+
+TEST_F(StateStoreTest, JobsRunsEventsAndNodesRoundTrip) {
+  auto s = OpenOrDie();
+  ASSERT_TRUE(s);
+  auto id = s->CreateJob(Spec("a"), 1000);
+  ASSERT_TRUE(id);
+  EXPECT_EQ(*id, "job-000001");
+  auto id2 = s->CreateJob(Spec("b"), 1001);
+  ASSERT_TRUE(id2);
+  EXPECT_EQ(*id2, "job-000002");
+
+  ASSERT_TRUE(s->SetJobState(*id, proto::JOB_RUNNING, "placed", 1100));
+  auto a1 = s->BeginRun(*id, "placement-1", "", 0, 1100);
+  ASSERT_TRUE(a1);
+  EXPECT_EQ(*a1, 1u);
+  ASSERT_TRUE(s->FinishRun(*id, 1, proto::RUN_FAILED, "rank 2 exited 137", 1200));
+  ASSERT_TRUE(s->AddRestart(*id));
+  ASSERT_TRUE(s->SetCheckpointHead(*id, 400, "ab12"));
+  auto a2 = s->BeginRun(*id, "placement-2", "ab12", 400, 1300);
+  ASSERT_TRUE(a2);
+  EXPECT_EQ(*a2, 2u);
+  EXPECT_EQ(*s->RunPlacement(*id, 2), "placement-2");
+  ASSERT_TRUE(s->AppendEvent(*id, "failed", "rank 2 exited 137", 1200));
+  ASSERT_TRUE(s->AppendEvent(*id, "restarted", "attempt 2 from step 400", 1300));
+
+  auto js = s->GetJob(*id);
+  ASSERT_TRUE(js) << js.error().ToString();
+  EXPECT_EQ(js->spec().name(), "a");
+  EXPECT_EQ(js->state(), proto::JOB_RUNNING);
+  EXPECT_EQ(js->restarts(), 1u);
+  EXPECT_EQ(js->checkpoint_step(), 400u);
+  ASSERT_EQ(js->runs_size(), 2);
+  EXPECT_EQ(js->runs(0).state(), proto::RUN_FAILED);
+  EXPECT_EQ(js->runs(0).failure(), "rank 2 exited 137");
+  EXPECT_EQ(js->runs(1).resumed_from_manifest(), "ab12");
+  EXPECT_EQ(js->runs(1).resumed_from_step(), 400u);
+  auto ev = s->Events(*id);
+  ASSERT_TRUE(ev);
+  ASSERT_EQ(ev->size(), 2u);
+  EXPECT_EQ((*ev)[1].kind, "restarted");
+
+  ASSERT_TRUE(s->SetJobState(*id2, proto::JOB_SUCCEEDED, "", 1500));
+  EXPECT_EQ(s->ListJobs(false)->size(), 1u);
+  EXPECT_EQ(s->ListJobs(true)->size(), 2u);
+
+  NodeRecord n;
+  n.id = "node-a";
+  n.resources.set_cpus(8);
+  n.address = "198.18.0.11";
+  n.last_seen_ms = 5;
+  ASSERT_TRUE(s->UpsertNode(n));
+  ASSERT_TRUE(s->TouchNode("node-a", 9));
+  ASSERT_TRUE(s->SetNodeHealth("node-a", true, 3));
+  auto nodes = s->ListNodes();
+  ASSERT_TRUE(nodes);
+  ASSERT_EQ(nodes->size(), 1u);
+  EXPECT_EQ((*nodes)[0].resources.cpus(), 8u);
+  EXPECT_EQ((*nodes)[0].last_seen_ms, 9);
+  EXPECT_TRUE((*nodes)[0].quarantined);
+
+  EXPECT_EQ(s->GetJob("job-999999").error().code(), Code::kNotFound);
+  EXPECT_EQ(s->SetJobState("nope", proto::JOB_FAILED, "", 1).error().code(), Code::kNotFound);
+  EXPECT_EQ(s->TouchNode("nope", 1).error().code(), Code::kNotFound);
+}
+
+TEST_F(StateStoreTest, RetriedRequestGetsTheFirstReplyAndNoSecondEffect) {
+  auto s = OpenOrDie();
+  ASSERT_TRUE(s);
+  // What the coordinator does for SubmitJob, twice with the same request id.
+  auto submit = [&]() -> Result<std::string> {
+    std::string reply;
+    auto st = s->InTransaction([&]() -> Status {
+      CAIRN_ASSIGN_OR_RETURN(auto prior, s->FindReply("cli-1", 7, "SubmitJob"));
+      if (prior) {
+        reply = *prior;
+        return OkStatus();
+      }
+      CAIRN_ASSIGN_OR_RETURN(reply, s->CreateJob(Spec("x"), 10));
+      return s->SaveReply("cli-1", 7, "SubmitJob", reply, 10);
+    });
+    if (!st) return std::unexpected(st.error());
+    return reply;
+  };
+  auto first = submit();
+  auto second = submit();
+  ASSERT_TRUE(first);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(*first, *second);
+  EXPECT_EQ(s->ListJobs(true)->size(), 1u);
+  auto other = s->FindReply("cli-1", 7, "CancelJob");
+  ASSERT_FALSE(other);
+  EXPECT_NE(other.error().ToString().find("already used for SubmitJob"), std::string::npos);
+  ASSERT_TRUE(s->PruneReplies(11));
+  EXPECT_FALSE(s->FindReply("cli-1", 7, "SubmitJob")->has_value());
+}
+
+TEST_F(StateStoreTest, FailedTransactionLeavesNothing) {
+  auto s = OpenOrDie();
+  ASSERT_TRUE(s);
+  auto st = s->InTransaction([&]() -> Status {
+    CAIRN_RETURN_IF_ERROR(s->CreateJob(Spec("doomed"), 1));
+    CAIRN_RETURN_IF_ERROR(s->AppendEvent("job-000001", "submitted", "", 1));
+    return MakeError(Code::kInvalidArgument, "validation failed after the insert");
+  });
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(s->ListJobs(true)->empty());
+  EXPECT_TRUE(s->Events("job-000001")->empty());
+  // Ids are not burnt by a rollback, and the store is usable afterwards.
+  EXPECT_EQ(*s->CreateJob(Spec("ok"), 2), "job-000001");
+}
+
+// kill -9 of the writing process: committed state is there after reopening; a
+// transaction in flight is not there at all.
+TEST_F(StateStoreTest, SurvivesKillNineOfTheWriter) {
+  int to_parent[2];
+  ASSERT_EQ(pipe(to_parent), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto s = StateStore::Open(path_);
+    if (!s) _exit(10);
+    for (int i = 0; i < 20; ++i) {
+      if (!(*s)->CreateJob(Spec("committed"), i)) _exit(11);
+    }
+    // A transaction left open when the kill comes.
+    auto st = (*s)->InTransaction([&]() -> Status {
+      for (int i = 0; i < 5; ++i) CAIRN_RETURN_IF_ERROR((*s)->CreateJob(Spec("in-flight"), 99));
+      char c = 'r';
+      if (write(to_parent[1], &c, 1) != 1) _exit(12);
+      pause();  // killed here
+      return OkStatus();
+    });
+    _exit(st ? 0 : 13);
+  }
+  close(to_parent[1]);
+  char c = 0;
+  ASSERT_EQ(read(to_parent[0], &c, 1), 1);
+  close(to_parent[0]);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status));
+
+  auto s = OpenOrDie();
+  ASSERT_TRUE(s);
+  auto jobs = s->ListJobs(true);
+  ASSERT_TRUE(jobs) << jobs.error().ToString();
+  ASSERT_EQ(jobs->size(), 20u);
+  for (const auto& j : *jobs) EXPECT_EQ(j.spec().name(), "committed");
+  EXPECT_EQ(*s->CreateJob(Spec("next"), 100), "job-000021");
+}
+
+TEST_F(StateStoreTest, ForeignCorruptAndNewerFilesAreRefusedByName) {
+  {
+    std::ofstream(path_, std::ios::binary) << std::string(8192, 'x');
+    auto s = StateStore::Open(path_);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.error().ToString().find(path_), std::string::npos) << s.error().ToString();
+    std::filesystem::remove(path_);
+  }
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    sqlite3_exec(db, "CREATE TABLE other(x)", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    auto s = StateStore::Open(path_);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.error().ToString().find("not a cairn state database"), std::string::npos)
+        << s.error().ToString();
+    std::filesystem::remove(path_);
+  }
+  {
+    auto s = OpenOrDie();
+    ASSERT_TRUE(s);
+    s.reset();
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    sqlite3_exec(db, "PRAGMA user_version = 9", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    auto again = StateStore::Open(path_);
+    ASSERT_FALSE(again);
+    EXPECT_EQ(again.error().code(), Code::kFailedPrecondition);
+    EXPECT_NE(again.error().ToString().find("schema version 9 is newer"), std::string::npos);
+  }
+  auto missing_dir = StateStore::Open((dir_ / "no" / "such" / "state.db").string());
+  ASSERT_FALSE(missing_dir);
+  EXPECT_NE(missing_dir.error().ToString().find("cannot open"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace cairn::coord
