@@ -1,0 +1,60 @@
+// The coordinator's request handling, independent of the transport: one authenticated
+// Envelope in, one reply Envelope out.
+//
+// Promise: every request is authenticated (cluster token) before anything else; every
+// method that changes state is idempotent: its effect and its reply are stored in one
+// SQLite transaction keyed by (client id, request id), and a retried request gets the
+// stored reply without a second effect. Job specs are validated field by field, and an
+// invalid one is an INVALID_ARGUMENT reply naming the field. A reply always carries the
+// request's id and method.
+//
+// Methods: SubmitJob (SubmitJobRequest -> SubmitJobReply), GetJob (GetJobRequest ->
+// JobStatus), ListJobs (ListJobsRequest -> ListJobsReply), CancelJob (CancelJobRequest
+// -> CancelJobReply).
+//
+// Job state machine (owned here; runs and ranks follow with the agents):
+//
+//   PENDING ──placed──▶ RUNNING ──all ranks exit 0──▶ SUCCEEDED
+//      │                  │  ▲
+//      │                  │  └──restarted── RESTARTING ◀──failure, restarts left──┐
+//      │                  └──────────────────────────────────────────────────────┘
+//      │                  └──failure, no restarts left / user error──▶ FAILED
+//      └──cancel (from any non-final state)──▶ CANCELLED
+//
+// Threading: single-threaded; called on the coordinator's io_context.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "coordinator/state_store.h"
+#include "proto/cairn.pb.h"
+
+namespace cairn::coord {
+
+// Checks a job spec and fills defaults (launcher env, executor local, hang timeout
+// 5 min, grace period 30 s, cpus_per_rank 1). Errors name the field.
+Status ValidateJobSpec(proto::JobSpec* spec);
+
+class Service {
+ public:
+  using Clock = std::function<int64_t()>;  // unix milliseconds
+  Service(StateStore* store, std::string cluster_token, Clock clock);
+
+  proto::Envelope Handle(const proto::Envelope& request);
+
+ private:
+  Result<std::string> Dispatch(const proto::Envelope& request);
+  Result<std::string> SubmitJob(const proto::Envelope& request);
+  Result<std::string> CancelJob(const proto::Envelope& request);
+  // Runs `effect` once per (client, request id); returns the stored reply on a retry.
+  Result<std::string> Once(const proto::Envelope& request,
+                           const std::function<Result<std::string>()>& effect);
+
+  StateStore* store_;
+  std::string token_;
+  Clock clock_;
+};
+
+}  // namespace cairn::coord
