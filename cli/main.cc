@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   cairn::cli::Context ctx{&flags, 0};
   cairn::cli::RegisterConfigCommands(app, &ctx);
   cairn::cli::RegisterCheckpointCommands(app, &ctx);
+  cairn::cli::RegisterJobCommands(app, &ctx);
 
   // Name an unknown command instead of CLI11's generic "A subcommand is required".
   CLI::App* level = &app;

@@ -1,0 +1,251 @@
+// `cairn submit|status|cancel`: jobs through cairnd.
+#include <google/protobuf/util/json_util.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <memory>
+
+#include "cli/commands.h"
+#include "common/yaml.h"
+#include "coordinator/client.h"
+#include "proto/cairn.pb.h"
+
+namespace cairn::cli {
+namespace {
+
+struct JobFlags {
+  std::string state_dir;
+  std::string file;
+  std::string name;
+  uint32_t ranks = 1, nodes = 0, ranks_per_node = 0, cpus_per_rank = 0, gpus_per_rank = 0;
+  uint32_t max_restarts = 3;
+  int32_t priority = 0;
+  std::string launcher, workdir, hang_timeout, grace_period, executor;
+  std::vector<std::string> command;
+  std::string job_id;
+  bool json = false;
+  bool all = false;
+};
+
+std::string_view StateName(proto::JobState s) {
+  switch (s) {
+    case proto::JOB_PENDING: return "PENDING";
+    case proto::JOB_RUNNING: return "RUNNING";
+    case proto::JOB_RESTARTING: return "RESTARTING";
+    case proto::JOB_SUCCEEDED: return "SUCCEEDED";
+    case proto::JOB_FAILED: return "FAILED";
+    case proto::JOB_CANCELLED: return "CANCELLED";
+    default: return "UNKNOWN";
+  }
+}
+
+Result<std::chrono::milliseconds> Duration(const std::string& flag, const std::string& text) {
+  return WithContext(yaml::ParseDuration(text), flag);
+}
+
+// The job spec from -f FILE (strict: unknown keys are errors naming file and line).
+Result<proto::JobSpec> SpecFromYaml(const std::string& path) {
+  CAIRN_ASSIGN_OR_RETURN(YAML::Node doc, yaml::LoadFile(path));
+  CAIRN_ASSIGN_OR_RETURN(auto m, yaml::YamlMap::Of(doc, path));
+  proto::JobSpec s;
+  std::string name, workdir, launcher = "env", executor = "local", user;
+  std::vector<std::string> command;
+  std::map<std::string, std::string> env;
+  uint32_t ranks = 1, nodes = 0, rpn = 0, cpr = 0, gpr = 0, max_restarts = 3;
+  int32_t priority = 0;
+  std::chrono::milliseconds hang{0}, grace{0};
+  CAIRN_RETURN_IF_ERROR(m.Optional("name", &name));
+  CAIRN_RETURN_IF_ERROR(m.Required("command", &command));
+  CAIRN_RETURN_IF_ERROR(m.Optional("workdir", &workdir));
+  CAIRN_RETURN_IF_ERROR(m.Optional("env", &env));
+  CAIRN_RETURN_IF_ERROR(m.Optional("ranks", &ranks));
+  CAIRN_RETURN_IF_ERROR(m.Optional("nodes", &nodes));
+  CAIRN_RETURN_IF_ERROR(m.Optional("ranks_per_node", &rpn));
+  CAIRN_RETURN_IF_ERROR(m.Optional("cpus_per_rank", &cpr));
+  CAIRN_RETURN_IF_ERROR(m.Optional("gpus_per_rank", &gpr));
+  CAIRN_RETURN_IF_ERROR(m.Optional("launcher", &launcher));
+  CAIRN_RETURN_IF_ERROR(m.Optional("executor", &executor));
+  CAIRN_RETURN_IF_ERROR(m.Optional("priority", &priority));
+  CAIRN_RETURN_IF_ERROR(m.Optional("max_restarts", &max_restarts));
+  CAIRN_RETURN_IF_ERROR(m.Optional("hang_timeout", &hang));
+  CAIRN_RETURN_IF_ERROR(m.Optional("grace_period", &grace));
+  CAIRN_RETURN_IF_ERROR(m.Optional("user", &user));
+  CAIRN_RETURN_IF_ERROR(m.Finish());
+  s.set_name(name);
+  for (auto& c : command) s.add_command(c);
+  s.set_workdir(workdir);
+  for (auto& [k, v] : env) (*s.mutable_env())[k] = v;
+  s.set_ranks(ranks);
+  s.set_nodes(nodes);
+  s.set_ranks_per_node(rpn);
+  s.set_cpus_per_rank(cpr);
+  s.set_gpus_per_rank(gpr);
+  s.set_launcher(launcher);
+  s.set_executor(executor);
+  s.set_priority(priority);
+  s.set_max_restarts(max_restarts);
+  s.set_hang_timeout_ms(static_cast<uint64_t>(hang.count()));
+  s.set_grace_period_ms(static_cast<uint64_t>(grace.count()));
+  s.set_user(user);
+  return s;
+}
+
+Result<proto::JobSpec> SpecFromFlags(const JobFlags& f) {
+  proto::JobSpec s;
+  if (f.command.empty()) {
+    return MakeError(Code::kInvalidArgument,
+                     "submit needs a command: cairn submit [flags] -- PROGRAM ARGS... (or -f "
+                     "job.yaml)");
+  }
+  s.set_name(f.name);
+  for (const auto& c : f.command) s.add_command(c);
+  s.set_workdir(f.workdir);
+  s.set_ranks(f.ranks);
+  s.set_nodes(f.nodes);
+  s.set_ranks_per_node(f.ranks_per_node);
+  s.set_cpus_per_rank(f.cpus_per_rank);
+  s.set_gpus_per_rank(f.gpus_per_rank);
+  s.set_launcher(f.launcher);
+  s.set_executor(f.executor);
+  s.set_priority(f.priority);
+  s.set_max_restarts(f.max_restarts);
+  if (!f.hang_timeout.empty()) {
+    CAIRN_ASSIGN_OR_RETURN(auto d, Duration("--hang-timeout", f.hang_timeout));
+    s.set_hang_timeout_ms(static_cast<uint64_t>(d.count()));
+  }
+  if (!f.grace_period.empty()) {
+    CAIRN_ASSIGN_OR_RETURN(auto d, Duration("--grace-period", f.grace_period));
+    s.set_grace_period_ms(static_cast<uint64_t>(d.count()));
+  }
+  return s;
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = true;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+void PrintJobs(const std::vector<proto::JobStatus>& jobs) {
+  std::printf("%-12s %-11s %5s %8s %10s  %s\n", "JOB", "STATE", "RANKS", "RESTARTS", "CKPT_STEP",
+              "NAME / COMMAND");
+  for (const auto& j : jobs) {
+    std::string what = j.spec().name().empty() ? j.spec().command(0) : j.spec().name();
+    std::printf("%-12s %-11s %5u %8u %10llu  %s\n", j.job_id().c_str(),
+                std::string(StateName(j.state())).c_str(), j.spec().ranks(), j.restarts(),
+                static_cast<unsigned long long>(j.checkpoint_step()), what.c_str());
+  }
+}
+
+template <typename Fn>
+void Run(Context* ctx, Fn&& fn) {
+  Status st = fn();
+  if (!st) ctx->exit_code = ReportError("cairn", st.error());
+}
+
+}  // namespace
+
+void RegisterJobCommands(CLI::App& app, Context* ctx) {
+  auto f = std::make_shared<JobFlags>();
+  auto state_dir = [&](CLI::App* c) {
+    c->add_option("--state-dir", f->state_dir,
+                  "Cluster state directory (default: CAIRN_STATE_DIR or ~/.cairn)");
+  };
+
+  auto* submit = app.add_subcommand("submit", "Submit a job: cairn submit [flags] -- PROGRAM ARGS... "
+                                              "or cairn submit -f job.yaml; prints the job id");
+  state_dir(submit);
+  submit->add_option("-f,--file", f->file, "Job spec (YAML)");
+  submit->add_option("--name", f->name, "Job name");
+  submit->add_option("--ranks", f->ranks, "Number of ranks")->capture_default_str();
+  submit->add_option("--nodes", f->nodes, "Nodes to spread the ranks over evenly (0: any)");
+  submit->add_option("--ranks-per-node", f->ranks_per_node, "Ranks per node (0: any)");
+  submit->add_option("--cpus-per-rank", f->cpus_per_rank, "CPUs per rank (default 1)");
+  submit->add_option("--gpus-per-rank", f->gpus_per_rank, "GPUs per rank");
+  submit->add_option("--max-restarts", f->max_restarts, "Restarts after failures")
+      ->capture_default_str();
+  submit->add_option("--priority", f->priority, "Higher runs first");
+  submit->add_option("--launcher", f->launcher, "mpi or env (default env)");
+  submit->add_option("--executor", f->executor, "local or slurm (default local)");
+  submit->add_option("--workdir", f->workdir, "Working directory of the ranks");
+  submit->add_option("--hang-timeout", f->hang_timeout, "No progress for this long = hung (5m)");
+  submit->add_option("--grace-period", f->grace_period, "SIGTERM to SIGKILL on teardown (30s)");
+  submit->add_option("command", f->command, "-- PROGRAM ARGS...");
+  submit->callback([ctx, f] {
+    Run(ctx, [&]() -> Status {
+      proto::SubmitJobRequest req;
+      if (!f->file.empty() && !f->command.empty()) {
+        return MakeError(Code::kInvalidArgument, "give either -f FILE or -- PROGRAM ARGS, not both");
+      }
+      if (!f->file.empty()) {
+        CAIRN_ASSIGN_OR_RETURN(*req.mutable_spec(), SpecFromYaml(f->file));
+      } else {
+        CAIRN_ASSIGN_OR_RETURN(*req.mutable_spec(), SpecFromFlags(*f));
+      }
+      CAIRN_ASSIGN_OR_RETURN(auto client, coord::Client::Connect(coord::DefaultStateDir(f->state_dir)));
+      CAIRN_ASSIGN_OR_RETURN(auto bytes, client->Call("SubmitJob", req.SerializeAsString()));
+      proto::SubmitJobReply reply;
+      if (!reply.ParseFromString(bytes)) return MakeError(Code::kInternal, "bad SubmitJob reply");
+      std::printf("%s\n", reply.job_id().c_str());
+      return OkStatus();
+    });
+  });
+
+  auto* status = app.add_subcommand("status", "Show jobs (active ones; --all for finished too) "
+                                              "or one job");
+  state_dir(status);
+  status->add_option("job", f->job_id, "Job id");
+  status->add_flag("--all", f->all, "Include finished jobs");
+  status->add_flag("--json", f->json, "Machine-readable output");
+  status->callback([ctx, f] {
+    Run(ctx, [&]() -> Status {
+      CAIRN_ASSIGN_OR_RETURN(auto client, coord::Client::Connect(coord::DefaultStateDir(f->state_dir)));
+      std::vector<proto::JobStatus> jobs;
+      if (!f->job_id.empty()) {
+        proto::GetJobRequest req;
+        req.set_job_id(f->job_id);
+        CAIRN_ASSIGN_OR_RETURN(auto bytes, client->Call("GetJob", req.SerializeAsString()));
+        jobs.emplace_back();
+        if (!jobs.back().ParseFromString(bytes)) return MakeError(Code::kInternal, "bad reply");
+      } else {
+        proto::ListJobsRequest req;
+        req.set_include_finished(f->all);
+        CAIRN_ASSIGN_OR_RETURN(auto bytes, client->Call("ListJobs", req.SerializeAsString()));
+        proto::ListJobsReply reply;
+        if (!reply.ParseFromString(bytes)) return MakeError(Code::kInternal, "bad reply");
+        jobs.assign(reply.jobs().begin(), reply.jobs().end());
+      }
+      if (f->json) {
+        proto::ListJobsReply out;
+        for (auto& j : jobs) *out.add_jobs() = j;
+        std::printf("%s\n", ToJson(out).c_str());
+      } else {
+        PrintJobs(jobs);
+      }
+      return OkStatus();
+    });
+  });
+
+  auto* cancel = app.add_subcommand("cancel", "Cancel a job (its ranks are torn down)");
+  state_dir(cancel);
+  cancel->add_option("job", f->job_id, "Job id")->required();
+  cancel->callback([ctx, f] {
+    Run(ctx, [&]() -> Status {
+      CAIRN_ASSIGN_OR_RETURN(auto client, coord::Client::Connect(coord::DefaultStateDir(f->state_dir)));
+      proto::CancelJobRequest req;
+      req.set_job_id(f->job_id);
+      CAIRN_ASSIGN_OR_RETURN(auto bytes, client->Call("CancelJob", req.SerializeAsString()));
+      proto::CancelJobReply reply;
+      if (!reply.ParseFromString(bytes)) return MakeError(Code::kInternal, "bad reply");
+      std::printf("%s %s\n", reply.job().job_id().c_str(),
+                  std::string(StateName(reply.job().state())).c_str());
+      return OkStatus();
+    });
+  });
+}
+
+}  // namespace cairn::cli

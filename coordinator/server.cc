@@ -1,0 +1,101 @@
+#include "coordinator/server.h"
+
+#include <array>
+
+#include "common/log.h"
+
+namespace cairn::coord {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+Result<std::unique_ptr<Server>> Server::Listen(asio::io_context& io, const std::string& host,
+                                               uint16_t port, Service* service,
+                                               uint32_t max_frame_bytes) {
+  std::unique_ptr<Server> s(new Server(io, service, max_frame_bytes));
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(host, ec);
+  if (ec) return MakeError(Code::kInvalidArgument, "listen address '{}': {}", host, ec.message());
+  tcp::endpoint ep(addr, port);
+  s->acceptor_.open(ep.protocol(), ec);
+  if (!ec) s->acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) s->acceptor_.bind(ep, ec);
+  if (!ec) s->acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return MakeError(ec == asio::error::address_in_use ? Code::kUnavailable : Code::kInternal,
+                     "listen on {}:{}: {}", host, port, ec.message());
+  }
+  s->port_ = s->acceptor_.local_endpoint().port();
+  asio::co_spawn(io, s->Accept(), asio::detached);
+  return s;
+}
+
+void Server::Stop() {
+  boost::system::error_code ec;
+  acceptor_.close(ec);
+  for (const auto& sock : open_) sock->close(ec);
+  open_.clear();
+}
+
+asio::awaitable<void> Server::Accept() {
+  for (;;) {
+    boost::system::error_code ec;
+    auto sock = std::make_shared<tcp::socket>(io_);
+    co_await acceptor_.async_accept(*sock, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) co_return;
+    if (ec) {
+      log::Logger("coordinator")->warn("accept: {}", ec.message());
+      continue;
+    }
+    sock->set_option(tcp::no_delay(true), ec);
+    open_.insert(sock);
+    asio::co_spawn(io_, Serve(sock), asio::detached);
+  }
+}
+
+asio::awaitable<void> Server::Serve(std::shared_ptr<tcp::socket> sock) {
+  boost::system::error_code ec;
+  const auto peer = sock->remote_endpoint(ec);
+  const std::string who = ec ? std::string("?") : fmt::format("{}:{}", peer.address().to_string(),
+                                                              peer.port());
+  FrameDecoder decoder(max_frame_);
+  std::array<std::byte, 64 * 1024> buf;
+  for (;;) {
+    const std::size_t n = co_await sock->async_read_some(
+        asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) break;  // closed by the peer or by Stop()
+    std::span<const std::byte> chunk(buf.data(), n);
+    bool close = false;
+    for (;;) {
+      chunk = chunk.subspan(decoder.Feed(chunk));
+      auto next = decoder.Next();
+      if (!next) {
+        log::Logger("coordinator")->warn("closing connection from {}: {}", who,
+                                         next.error().ToString());
+        close = true;
+        break;
+      }
+      if (!*next) break;
+      proto::Envelope reply = service_->Handle(**next);
+      auto frame = EncodeFrame(reply);
+      if (!frame) {
+        frame = EncodeFrame(MakeErrorReply(**next, frame.error()));
+        if (!frame) {
+          close = true;
+          break;
+        }
+      }
+      co_await asio::async_write(*sock, asio::buffer(*frame),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        close = true;
+        break;
+      }
+    }
+    if (close) break;
+  }
+  sock->close(ec);
+  open_.erase(sock);
+}
+
+}  // namespace cairn::coord

@@ -1,0 +1,49 @@
+// cairnd's network front: a Boost.Asio TCP server speaking the framed Envelope protocol
+// (frame.h) and handing each request to the Service.
+//
+// Promise: each connection is read through its own FrameDecoder; a malformed, oversized
+// or otherwise untrustworthy stream is logged with the peer's address and that
+// connection alone is closed, without affecting any other client. Requests on one
+// connection are answered in order. Authentication is per request (Service::Handle).
+//
+// Threading: everything runs on the one io_context thread given to Listen (coroutines;
+// no locks). Stop() closes the acceptor and every connection.
+#pragma once
+
+#include <utility>  // before Asio: boost/asio/awaitable.hpp needs std::exchange
+
+#include <boost/asio.hpp>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "common/status.h"
+#include "coordinator/frame.h"
+#include "coordinator/service.h"
+
+namespace cairn::coord {
+
+class Server {
+ public:
+  // Listens on host:port (port 0: any free port).
+  static Result<std::unique_ptr<Server>> Listen(boost::asio::io_context& io, const std::string& host,
+                                                uint16_t port, Service* service,
+                                                uint32_t max_frame_bytes = kMaxFrameBytes);
+  uint16_t port() const { return port_; }
+  void Stop();
+
+ private:
+  Server(boost::asio::io_context& io, Service* service, uint32_t max_frame)
+      : io_(io), acceptor_(io), service_(service), max_frame_(max_frame) {}
+  boost::asio::awaitable<void> Accept();
+  boost::asio::awaitable<void> Serve(std::shared_ptr<boost::asio::ip::tcp::socket> socket);
+
+  boost::asio::io_context& io_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  Service* service_;
+  uint32_t max_frame_;
+  uint16_t port_ = 0;
+  std::set<std::shared_ptr<boost::asio::ip::tcp::socket>> open_;
+};
+
+}  // namespace cairn::coord

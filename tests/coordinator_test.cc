@@ -1,0 +1,258 @@
+// cairnd as a real process with the real CLI and raw sockets: submit/status/cancel,
+// idempotent retries, authentication, garbage on the socket, kill -9 and restart, one
+// cairnd per state directory, bad job specs.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "common/io.h"
+#include "coordinator/client.h"
+#include "coordinator/frame.h"
+#include "proto/cairn.pb.h"
+#include "tests/process_util.h"
+
+extern char** environ;
+
+namespace cairn::testing {
+namespace {
+
+class Cairnd {
+ public:
+  explicit Cairnd(std::string state_dir) : dir_(std::move(state_dir)) {}
+  ~Cairnd() { Kill(SIGKILL); }
+  // Starts cairnd and waits (bounded) until it has written its address.
+  bool Start() {
+    std::error_code ec;
+    std::filesystem::remove(dir_ + "/cairnd.addr", ec);
+    std::string bin = BinDir() + "/cairnd";
+    std::vector<std::string> args = {bin, "--state-dir", dir_, "--log-level", "warn"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, bin.c_str(), nullptr, nullptr, argv.data(), environ) != 0) return false;
+    for (int i = 0; i < 200; ++i) {
+      if (std::filesystem::exists(dir_ + "/cairnd.addr")) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    return false;
+  }
+  void Kill(int sig) {
+    if (pid_ <= 0) return;
+    ::kill(pid_, sig);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+  int port() const {
+    std::ifstream in(dir_ + "/cairnd.addr");
+    std::string a;
+    in >> a;
+    return std::atoi(a.c_str() + a.rfind(':') + 1);
+  }
+
+ private:
+  std::string dir_;
+  pid_t pid_ = -1;
+};
+
+// A raw TCP connection to cairnd.
+int Dial(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons(static_cast<uint16_t>(port));
+  ::inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+// Sends one envelope and reads one reply (nullopt: the server closed the connection).
+std::optional<proto::Envelope> RoundTrip(int fd, const std::string& bytes) {
+  if (::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size())) {
+    return std::nullopt;
+  }
+  coord::FrameDecoder d;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) return std::nullopt;
+    std::string_view chunk(buf, static_cast<std::size_t>(n));
+    chunk.remove_prefix(d.Feed(chunk));
+    auto e = d.Next();
+    if (!e) return std::nullopt;
+    if (*e) return **e;
+  }
+}
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (std::filesystem::temp_directory_path() / ("cairn_coord_" + io::RandomSuffix())).string();
+    cairnd_ = std::make_unique<Cairnd>(dir_);
+    ASSERT_TRUE(cairnd_->Start());
+    auto t = coord::ReadToken(dir_ + "/token");
+    ASSERT_TRUE(t) << t.error().ToString();
+    token_ = *t;
+  }
+  void TearDown() override {
+    cairnd_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  CommandResult Cli(std::vector<std::string> args) {
+    args.insert(args.begin(), BinDir() + "/cairn");
+    args.insert(args.begin() + 2, {"--state-dir", dir_});
+    return RunCommand(args, {}, std::chrono::seconds(60));
+  }
+  std::string Envelope(const std::string& method, const google::protobuf::Message& m, uint64_t id,
+                       bool with_token = true) {
+    proto::Envelope e;
+    e.set_protocol_version(1);
+    e.set_client_id("raw-test");
+    e.set_request_id(id);
+    e.set_method(method);
+    e.set_payload(m.SerializeAsString());
+    if (with_token) e.set_auth_token(token_);
+    return *coord::EncodeFrame(e);
+  }
+
+  std::string dir_;
+  std::string token_;
+  std::unique_ptr<Cairnd> cairnd_;
+};
+
+TEST_F(CoordinatorTest, SubmitStatusCancelThroughTheCli) {
+  auto s = Cli({"submit", "--ranks", "4", "--name", "fmnist", "--", "/bin/sleep", "1"});
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  EXPECT_EQ(s.output, "job-000001\n");
+  auto st = Cli({"status"});
+  ASSERT_EQ(st.exit_code, 0) << st.output;
+  EXPECT_NE(st.output.find("job-000001   PENDING"), std::string::npos) << st.output;
+  auto c = Cli({"cancel", "job-000001"});
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_EQ(c.output, "job-000001 CANCELLED\n");
+  auto js = Cli({"status", "job-000001", "--json"});
+  ASSERT_EQ(js.exit_code, 0) << js.output;
+  EXPECT_NE(js.output.find("\"state\": \"JOB_CANCELLED\""), std::string::npos) << js.output;
+  EXPECT_EQ(Cli({"status"}).output.find("job-000001"), std::string::npos);  // finished: --all
+  auto missing = Cli({"status", "job-000077"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.output.find("no job job-000077"), std::string::npos) << missing.output;
+}
+
+TEST_F(CoordinatorTest, RetriedRequestIdCreatesOneJobEvenOverANewConnection) {
+  proto::SubmitJobRequest req;
+  req.mutable_spec()->add_command("/bin/true");
+  req.mutable_spec()->set_ranks(1);
+  const std::string frame = Envelope("SubmitJob", req, 42);
+  int a = Dial(cairnd_->port());
+  auto r1 = RoundTrip(a, frame);
+  ::close(a);
+  int b = Dial(cairnd_->port());
+  auto r2 = RoundTrip(b, frame);
+  ::close(b);
+  ASSERT_TRUE(r1 && r2);
+  ASSERT_FALSE(r1->has_error()) << r1->error().message();
+  EXPECT_EQ(r1->payload(), r2->payload());
+  auto st = Cli({"status", "--all", "--json"});
+  EXPECT_EQ(st.output.find("job-000002"), std::string::npos) << st.output;
+  EXPECT_NE(st.output.find("job-000001"), std::string::npos) << st.output;
+}
+
+TEST_F(CoordinatorTest, UnauthenticatedAndGarbageConnectionsAffectNoOneElse) {
+  // No token: an error reply naming the problem, never the token.
+  int a = Dial(cairnd_->port());
+  auto r = RoundTrip(a, Envelope("ListJobs", proto::ListJobsRequest(), 1, /*with_token=*/false));
+  ASSERT_TRUE(r);
+  ASSERT_TRUE(r->has_error());
+  EXPECT_EQ(r->error().code(), "PERMISSION_DENIED");
+  ::close(a);
+  // Garbage, an oversized length, a wrong protocol version: the connection is closed.
+  std::vector<std::string> bad = {std::string("GET / HTTP/1.1\r\n\r\n"),
+                                  std::string("\x7f\xff\xff\xff", 4),
+                                  std::string("\x00\x00\x00\x00", 4)};
+  proto::Envelope v2;
+  v2.set_protocol_version(2);
+  v2.set_method("ListJobs");
+  v2.set_request_id(1);
+  bad.push_back(*coord::EncodeFrame(v2));
+  int held = Dial(cairnd_->port());  // an idle client that must keep working
+  for (const auto& b : bad) {
+    int fd = Dial(cairnd_->port());
+    ASSERT_GE(fd, 0);
+    EXPECT_FALSE(RoundTrip(fd, b).has_value()) << "server answered garbage";
+    ::close(fd);
+  }
+  auto ok = RoundTrip(held, Envelope("ListJobs", proto::ListJobsRequest(), 2));
+  ASSERT_TRUE(ok);
+  EXPECT_FALSE(ok->has_error());
+  ::close(held);
+  EXPECT_EQ(Cli({"status"}).exit_code, 0);
+}
+
+TEST_F(CoordinatorTest, KillNineAndRestartLosesNothingAndClientsRetry) {
+  ASSERT_EQ(Cli({"submit", "--ranks", "2", "--", "/bin/true"}).exit_code, 0);
+  cairnd_->Kill(SIGKILL);
+  // A second cairnd on the same directory is refused while one runs.
+  ASSERT_TRUE(cairnd_->Start());
+  auto second = RunCommand({BinDir() + "/cairnd", "--state-dir", dir_});
+  EXPECT_NE(second.exit_code, 0);
+  EXPECT_NE(second.output.find("another cairnd is running"), std::string::npos) << second.output;
+  auto st = Cli({"status"});
+  EXPECT_NE(st.output.find("job-000001   PENDING"), std::string::npos) << st.output;
+  // A client call made while cairnd is down completes once it is back (same request id).
+  cairnd_->Kill(SIGKILL);
+  auto client = coord::Client::Connect(dir_);
+  ASSERT_TRUE(client);
+  std::thread restart([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    ASSERT_TRUE(cairnd_->Start());
+  });
+  proto::SubmitJobRequest req;
+  req.mutable_spec()->add_command("/bin/true");
+  req.mutable_spec()->set_ranks(1);
+  auto reply = (*client)->Call("SubmitJob", req.SerializeAsString(), std::chrono::seconds(20));
+  restart.join();
+  ASSERT_TRUE(reply) << reply.error().ToString();
+  proto::SubmitJobReply sr;
+  ASSERT_TRUE(sr.ParseFromString(*reply));
+  EXPECT_EQ(sr.job_id(), "job-000002");
+}
+
+TEST_F(CoordinatorTest, BadJobSpecsAreNamed) {
+  const std::string yaml = dir_ + "/job.yaml";
+  std::ofstream(yaml) << "name: t\ncommand: [/bin/true]\nranks: 2\nrankz: 3\n";
+  auto unknown = Cli({"submit", "-f", yaml});
+  EXPECT_EQ(unknown.exit_code, 2) << unknown.output;
+  EXPECT_NE(unknown.output.find("unknown key 'rankz'"), std::string::npos) << unknown.output;
+  std::ofstream(yaml, std::ios::trunc) << "command: [/bin/true\nranks: 2\n";
+  auto malformed = Cli({"submit", "-f", yaml});
+  EXPECT_EQ(malformed.exit_code, 2) << malformed.output;
+  EXPECT_NE(malformed.output.find(yaml), std::string::npos) << malformed.output;
+  std::ofstream(yaml, std::ios::trunc) << "command: [/bin/true]\nranks: 4\nlauncher: ssh\n";
+  auto launcher = Cli({"submit", "-f", yaml});
+  EXPECT_EQ(launcher.exit_code, 2) << launcher.output;
+  EXPECT_NE(launcher.output.find("launcher: 'ssh' is not mpi or env"), std::string::npos);
+  std::ofstream(yaml, std::ios::trunc) << "command: [/bin/true]\nranks: 4\nhang_timeout: 10s\n";
+  auto good = Cli({"submit", "-f", yaml});
+  EXPECT_EQ(good.exit_code, 0) << good.output;
+  auto nocmd = Cli({"submit", "--ranks", "2"});
+  EXPECT_EQ(nocmd.exit_code, 2);
+  EXPECT_NE(nocmd.output.find("submit needs a command"), std::string::npos) << nocmd.output;
+}
+
+}  // namespace
+}  // namespace cairn::testing
