@@ -18,7 +18,7 @@ struct Context {
 void RegisterConfigCommands(CLI::App& app, Context* ctx);
 // `cairn ckpt keygen|ls|verify|inspect|export|import|rekey|gc`
 void RegisterCheckpointCommands(CLI::App& app, Context* ctx);
-// `cairn submit|status|cancel`
+// `cairn submit|status|cancel|nodes`
 void RegisterJobCommands(CLI::App& app, Context* ctx);
 
 }  // namespace cairn::cli

@@ -1,4 +1,4 @@
-// `cairn submit|status|cancel`: jobs through cairnd.
+// `cairn submit|status|cancel|nodes`: jobs and nodes through cairnd.
 #include <google/protobuf/util/json_util.h>
 
 #include <chrono>
@@ -225,6 +225,31 @@ void RegisterJobCommands(CLI::App& app, Context* ctx) {
         std::printf("%s\n", ToJson(out).c_str());
       } else {
         PrintJobs(jobs);
+      }
+      return OkStatus();
+    });
+  });
+
+  auto* nodes = app.add_subcommand("nodes", "Show the cluster's nodes: resources, free, alive");
+  state_dir(nodes);
+  nodes->add_flag("--json", f->json, "Machine-readable output");
+  nodes->callback([ctx, f] {
+    Run(ctx, [&]() -> Status {
+      CAIRN_ASSIGN_OR_RETURN(auto client, coord::Client::Connect(coord::DefaultStateDir(f->state_dir)));
+      CAIRN_ASSIGN_OR_RETURN(auto bytes, client->Call("ListNodes", proto::ListNodesRequest().SerializeAsString()));
+      proto::ListNodesReply reply;
+      if (!reply.ParseFromString(bytes)) return MakeError(Code::kInternal, "bad ListNodes reply");
+      if (f->json) {
+        std::printf("%s\n", ToJson(reply).c_str());
+        return OkStatus();
+      }
+      std::printf("%-20s %-6s %-16s %9s %9s %12s\n", "NODE", "STATE", "ADDRESS", "CPUS", "GPUS",
+                  "MEMORY_MIB");
+      for (const auto& n : reply.nodes()) {
+        std::printf("%-20s %-6s %-16s %4u/%-4u %4u/%-4d %12llu\n", n.node_id().c_str(),
+                    n.alive() ? "alive" : "lost", n.address().c_str(), n.cpus_free(),
+                    n.resources().cpus(), n.gpus_free(), n.resources().gpus_size(),
+                    static_cast<unsigned long long>(n.resources().memory_bytes() >> 20));
       }
       return OkStatus();
     });

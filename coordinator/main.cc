@@ -16,12 +16,14 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include "checkpoint/crypto.h"
 #include "checkpoint/types.h"
 #include "common/app.h"
 #include "common/io.h"
 #include "common/log.h"
+#include "common/yaml.h"
 #include "coordinator/client.h"
 #include "coordinator/server.h"
 #include "coordinator/service.h"
@@ -46,7 +48,8 @@ Result<std::string> EnsureToken(const StateDirPaths& p) {
   return ReadToken(p.token);
 }
 
-Result<int> Run(const std::string& state_dir, const std::string& listen) {
+Result<int> Run(const std::string& state_dir, const std::string& listen,
+                ServiceOptions options) {
   StateDirPaths p(state_dir);
   CAIRN_RETURN_IF_ERROR(io::CreateDirs(io::DefaultFileSystem(), p.dir, 0700));
   int lock = ::open(p.lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -74,7 +77,18 @@ Result<int> Run(const std::string& state_dir, const std::string& listen) {
   }
 
   boost::asio::io_context io;
-  Service service(store.get(), token, NowMs);
+  Service service(store.get(), token, NowMs, options);
+  // Periodic work: node liveness.
+  boost::asio::steady_timer tick(io);
+  std::function<void()> arm = [&] {
+    tick.expires_after(std::chrono::milliseconds(250));
+    tick.async_wait([&](const boost::system::error_code& ec) {
+      if (ec) return;
+      service.Tick();
+      arm();
+    });
+  };
+  arm();
   CAIRN_ASSIGN_OR_RETURN(auto server,
                          Server::Listen(io, host, static_cast<uint16_t>(port), &service));
   CAIRN_RETURN_IF_ERROR(io::WriteFileAtomic(io::DefaultFileSystem(), p.addr,
@@ -86,6 +100,7 @@ Result<int> Run(const std::string& state_dir, const std::string& listen) {
     if (ec) return;
     log::Logger("coordinator")->info("signal {}: stopping", sig);
     server->Stop();
+    tick.cancel();
     io.stop();
   });
   io.run();
@@ -109,6 +124,9 @@ int main(int argc, char** argv) {
                  "State directory (database, token, address); default CAIRN_STATE_DIR or ~/.cairn");
   app.add_option("--listen", listen, "HOST:PORT to listen on (port 0: any free port)")
       ->capture_default_str();
+  std::string node_timeout = "5s";
+  app.add_option("--node-timeout", node_timeout, "A node without heartbeats this long is lost")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   auto config = cairn::LoadEffectiveConfig(flags);
@@ -117,7 +135,13 @@ int main(int argc, char** argv) {
     std::fputs(cairn::ConfigToYaml(*config).c_str(), stdout);
     return 0;
   }
-  auto rc = cairn::coord::Run(cairn::coord::DefaultStateDir(state_dir), listen);
+  auto timeout = cairn::yaml::ParseDuration(node_timeout);
+  if (!timeout) {
+    return cairn::ReportError("cairnd", timeout.error().With("--node-timeout"));
+  }
+  cairn::coord::ServiceOptions options;
+  options.node_timeout_ms = timeout->count();
+  auto rc = cairn::coord::Run(cairn::coord::DefaultStateDir(state_dir), listen, options);
   if (!rc) return cairn::ReportError("cairnd", rc.error());
   return *rc;
 }

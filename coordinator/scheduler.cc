@@ -216,6 +216,14 @@ Status Scheduler::Submit(const JobRequest& j) {
     return MakeError(Code::kInvalidArgument, "job {} was already submitted with other settings",
                      j.job_id);
   }
+  CAIRN_RETURN_IF_ERROR(Check(j));
+  const uint64_t seq = next_seq_++;
+  queue_[j.job_id] = Queued{j, seq};
+  order_[{-j.priority, seq}] = j.job_id;
+  return OkStatus();
+}
+
+Status Scheduler::Check(const JobRequest& j) {
   if (j.job_id.empty()) return MakeError(Code::kInvalidArgument, "job id is empty");
   if (j.ranks < 1) return MakeError(Code::kInvalidArgument, "job {}: ranks must be >= 1", j.job_id);
   if (j.cpus_per_rank < 0 || j.gpus_per_rank < 0 || j.memory_mb_per_rank < 0 || j.nodes < 0 ||
@@ -247,11 +255,7 @@ Status Scheduler::Submit(const JobRequest& j) {
                        j.job_id, j.gpus_per_rank * j.ranks, j.user, l.max_gpus);
     }
   }
-  CAIRN_RETURN_IF_ERROR(Feasible(j));
-  const uint64_t seq = next_seq_++;
-  queue_[j.job_id] = Queued{j, seq};
-  order_[{-j.priority, seq}] = j.job_id;
-  return OkStatus();
+  return Feasible(j);
 }
 
 void Scheduler::Dequeue(const std::string& job_id) {

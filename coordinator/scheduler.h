@@ -88,6 +88,9 @@ class Scheduler {
 
   // Validates and queues. Idempotent: the same job id again is a no-op if identical.
   Status Submit(const JobRequest& job);
+  // The checks of Submit (shape, user limit, can it ever fit), without queueing.
+  Status Check(const JobRequest& job);
+  std::size_t node_count() const { return nodes_.size(); }
   // Removes a queued job (no-op if it is not queued).
   void Dequeue(const std::string& job_id);
   // Places as many queued jobs as possible (see the promise above) and returns them;

@@ -10,7 +10,15 @@
 //
 // Methods: SubmitJob (SubmitJobRequest -> SubmitJobReply), GetJob (GetJobRequest ->
 // JobStatus), ListJobs (ListJobsRequest -> ListJobsReply), CancelJob (CancelJobRequest
-// -> CancelJobReply).
+// -> CancelJobReply), RegisterNode (RegisterNodeRequest -> RegisterNodeReply), Heartbeat
+// (HeartbeatRequest -> HeartbeatReply), ListNodes (ListNodesRequest -> ListNodesReply).
+//
+// Nodes: an agent registers (stored, and given to the scheduler), then heartbeats.
+// Heartbeats are kept in memory only (one fsync per heartbeat per node would not
+// scale); a node silent for node_timeout is marked lost by Tick() (unschedulable, event
+// logged) and comes back with its next heartbeat or registration. Once the cluster has
+// nodes, a job that could never fit on them is rejected at submit, naming the unmet
+// need.
 //
 // Job state machine (owned here; runs and ranks follow with the agents):
 //
@@ -25,9 +33,11 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
+#include "coordinator/scheduler.h"
 #include "coordinator/state_store.h"
 #include "proto/cairn.pb.h"
 
@@ -37,14 +47,31 @@ namespace cairn::coord {
 // 5 min, grace period 30 s, cpus_per_rank 1). Errors name the field.
 Status ValidateJobSpec(proto::JobSpec* spec);
 
+struct ServiceOptions {
+  int64_t heartbeat_interval_ms = 1000;
+  int64_t node_timeout_ms = 5000;
+};
+
 class Service {
  public:
   using Clock = std::function<int64_t()>;  // unix milliseconds
-  Service(StateStore* store, std::string cluster_token, Clock clock);
+  Service(StateStore* store, std::string cluster_token, Clock clock,
+          ServiceOptions options = {});
 
   proto::Envelope Handle(const proto::Envelope& request);
+  // Periodic work (call every few hundred ms): marks silent nodes lost.
+  void Tick();
 
  private:
+  struct NodeLive {
+    int64_t last_seen_ms = 0;
+    bool alive = false;
+    proto::RegisterNodeRequest registration;
+  };
+  Result<std::string> RegisterNode(const proto::Envelope& request);
+  Result<std::string> Heartbeat(const proto::Envelope& request);
+  Result<std::string> ListNodes();
+  void LoadNodes();
   Result<std::string> Dispatch(const proto::Envelope& request);
   Result<std::string> SubmitJob(const proto::Envelope& request);
   Result<std::string> CancelJob(const proto::Envelope& request);
@@ -55,6 +82,9 @@ class Service {
   StateStore* store_;
   std::string token_;
   Clock clock_;
+  ServiceOptions options_;
+  Scheduler scheduler_;
+  std::map<std::string, NodeLive> nodes_;
 };
 
 }  // namespace cairn::coord

@@ -133,5 +133,46 @@ TEST_F(ServiceTest, BadRequestsGetNamedErrors) {
   EXPECT_EQ(lr.jobs_size(), 0);  // nothing was created by the bad requests
 }
 
+TEST_F(ServiceTest, NodesRegisterHeartbeatAndGoLostAfterTheTimeout) {
+  proto::RegisterNodeRequest reg;
+  reg.set_node_id("n1");
+  reg.set_address("198.18.0.11");
+  reg.mutable_resources()->set_cpus(8);
+  reg.mutable_resources()->add_gpus()->set_index(0);
+  auto r = service_->Handle(Request("RegisterNode", reg, 1));
+  ASSERT_FALSE(r.has_error()) << r.error().message();
+  proto::RegisterNodeReply rr;
+  ASSERT_TRUE(rr.ParseFromString(r.payload()));
+  EXPECT_EQ(rr.heartbeat_interval_ms(), 1000u);
+  auto nodes = [&] {
+    proto::ListNodesReply lr;
+    EXPECT_TRUE(lr.ParseFromString(service_->Handle(Request("ListNodes", proto::ListNodesRequest(), 99)).payload()));
+    return lr;
+  };
+  ASSERT_EQ(nodes().nodes_size(), 1);
+  EXPECT_TRUE(nodes().nodes(0).alive());
+  EXPECT_EQ(nodes().nodes(0).gpus_free(), 1u);
+  proto::HeartbeatRequest hb;
+  hb.set_node_id("n1");
+  EXPECT_FALSE(service_->Handle(Request("Heartbeat", hb, 2)).has_error());
+  now_ += 6000;  // past the 5 s node timeout
+  service_->Tick();
+  EXPECT_FALSE(nodes().nodes(0).alive());
+  EXPECT_FALSE(service_->Handle(Request("Heartbeat", hb, 3)).has_error());
+  EXPECT_TRUE(nodes().nodes(0).alive());  // back
+  proto::HeartbeatRequest stranger;
+  stranger.set_node_id("n9");
+  auto st = service_->Handle(Request("Heartbeat", stranger, 4));
+  ASSERT_TRUE(st.has_error());
+  EXPECT_EQ(st.error().code(), "FAILED_PRECONDITION");
+  // Submits are now checked against the registered nodes.
+  proto::SubmitJobRequest big = Submit(1);
+  big.mutable_spec()->set_gpus_per_rank(2);
+  auto b = service_->Handle(Request("SubmitJob", big, 5));
+  ASSERT_TRUE(b.has_error());
+  EXPECT_NE(b.error().message().find("asks 2 GPUs per rank, the largest node has 1"),
+            std::string::npos) << b.error().message();
+}
+
 }  // namespace
 }  // namespace cairn::coord

@@ -25,9 +25,31 @@ extern char** environ;
 namespace cairn::testing {
 namespace {
 
+// A background process of this test, killed (SIGKILL) and reaped on destruction.
+class Proc {
+ public:
+  ~Proc() { Kill(SIGKILL); }
+  bool Spawn(std::vector<std::string> args) {
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    return posix_spawn(&pid_, args[0].c_str(), nullptr, nullptr, argv.data(), environ) == 0;
+  }
+  void Kill(int sig) {
+    if (pid_ <= 0) return;
+    ::kill(pid_, sig);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
 class Cairnd {
  public:
-  explicit Cairnd(std::string state_dir) : dir_(std::move(state_dir)) {}
+  explicit Cairnd(std::string state_dir, std::vector<std::string> extra = {})
+      : dir_(std::move(state_dir)), extra_(std::move(extra)) {}
   ~Cairnd() { Kill(SIGKILL); }
   // Starts cairnd and waits (bounded) until it has written its address.
   bool Start() {
@@ -35,6 +57,7 @@ class Cairnd {
     std::filesystem::remove(dir_ + "/cairnd.addr", ec);
     std::string bin = BinDir() + "/cairnd";
     std::vector<std::string> args = {bin, "--state-dir", dir_, "--log-level", "warn"};
+    args.insert(args.end(), extra_.begin(), extra_.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -60,6 +83,7 @@ class Cairnd {
 
  private:
   std::string dir_;
+  std::vector<std::string> extra_;
   pid_t pid_ = -1;
 };
 
@@ -101,7 +125,7 @@ class CoordinatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = (std::filesystem::temp_directory_path() / ("cairn_coord_" + io::RandomSuffix())).string();
-    cairnd_ = std::make_unique<Cairnd>(dir_);
+    cairnd_ = std::make_unique<Cairnd>(dir_, std::vector<std::string>{"--node-timeout", "1s"});
     ASSERT_TRUE(cairnd_->Start());
     auto t = coord::ReadToken(dir_ + "/token");
     ASSERT_TRUE(t) << t.error().ToString();
@@ -252,6 +276,52 @@ TEST_F(CoordinatorTest, BadJobSpecsAreNamed) {
   auto nocmd = Cli({"submit", "--ranks", "2"});
   EXPECT_EQ(nocmd.exit_code, 2);
   EXPECT_NE(nocmd.output.find("submit needs a command"), std::string::npos) << nocmd.output;
+}
+
+// Agents register and heartbeat; a silent node is marked lost within the node timeout;
+// agents come back by themselves after cairnd restarts; requests the registered nodes
+// could never hold are rejected at submit.
+TEST_F(CoordinatorTest, AgentsRegisterHeartbeatAndAreDetectedLost) {
+  Proc a1, a2;
+  ASSERT_TRUE(a1.Spawn({BinDir() + "/cairn-agent", "--state-dir", dir_, "--node-id", "n1",
+                        "--gpus", "2", "--cpus", "8", "--log-level", "warn"}));
+  ASSERT_TRUE(a2.Spawn({BinDir() + "/cairn-agent", "--state-dir", dir_, "--node-id", "n2",
+                        "--gpus", "0", "--cpus", "4", "--log-level", "warn"}));
+  auto wait_for = [&](const std::string& needle, bool present) {
+    std::string last;
+    for (int i = 0; i < 100; ++i) {  // up to 10 s
+      last = Cli({"nodes"}).output;
+      if ((last.find(needle) != std::string::npos) == present) return last;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ADD_FAILURE() << "waited for '" << needle << "' to be " << (present ? "shown" : "gone")
+                  << ":\n" << last;
+    return last;
+  };
+  wait_for("n1                   alive", true);
+  auto shown = wait_for("n2                   alive", true);
+  EXPECT_NE(shown.find("2/2"), std::string::npos) << shown;  // n1's GPUs, all free
+  auto json = Cli({"nodes", "--json"});
+  EXPECT_NE(json.output.find("\"node_id\": \"n1\""), std::string::npos) << json.output;
+
+  auto too_big = Cli({"submit", "--gpus-per-rank", "3", "--", "/bin/true"});
+  EXPECT_EQ(too_big.exit_code, 2) << too_big.output;
+  EXPECT_NE(too_big.output.find("asks 3 GPUs per rank, the largest node has 2"), std::string::npos)
+      << too_big.output;
+  auto total = Cli({"submit", "--ranks", "3", "--gpus-per-rank", "1", "--", "/bin/true"});
+  EXPECT_EQ(total.exit_code, 2) << total.output;  // 3 GPUs in total, the cluster has 2
+  EXPECT_EQ(Cli({"submit", "--ranks", "2", "--gpus-per-rank", "1", "--", "/bin/true"}).exit_code, 0);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  a2.Kill(SIGKILL);
+  wait_for("n2                   lost", true);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));  // timeout 1 s
+
+  cairnd_->Kill(SIGKILL);
+  ASSERT_TRUE(cairnd_->Start());
+  wait_for("n1                   alive", true);  // n1's agent reconnected on its own
+  auto after = Cli({"nodes"}).output;
+  EXPECT_NE(after.find("n2                   lost"), std::string::npos) << after;
 }
 
 }  // namespace
