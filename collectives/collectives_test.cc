@@ -16,6 +16,7 @@
 #include "checkpoint/writer.h"
 #include "collectives/agreement.h"
 #include "collectives/mpi_communicator.h"
+#include "collectives/mpi_test_main.h"
 
 namespace cairn::coll {
 namespace {
@@ -229,22 +230,4 @@ TEST(Collectives, ShardedCheckpointCommitsThroughCommunicatorAgreement) {
 }  // namespace
 }  // namespace cairn::coll
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  auto session = cairn::coll::MpiSession::Start();
-  if (!session) {
-    std::fprintf(stderr, "%s\n", session.error().ToString().c_str());
-    return 1;
-  }
-  int rc = 0;
-  {
-    auto world = cairn::coll::MpiCommunicator::World(std::chrono::seconds(120));
-    if (!world) {
-      std::fprintf(stderr, "%s\n", world.error().ToString().c_str());
-      return 1;
-    }
-    cairn::coll::g_world = world->get();
-    rc = RUN_ALL_TESTS();
-  }
-  return rc;
-}
+int main(int argc, char** argv) { return cairn::coll::RunMpiTests(argc, argv, &cairn::coll::g_world); }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "collectives/mpi_communicator.h"
+#include "collectives/mpi_test_main.h"
 #include "collectives/nccl_communicator.h"
 
 namespace cairn::coll {
@@ -88,22 +89,4 @@ TEST_F(NcclTest, BroadcastAndBarrier) {
 }  // namespace
 }  // namespace cairn::coll
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  auto session = cairn::coll::MpiSession::Start();
-  if (!session) {
-    std::fprintf(stderr, "%s\n", session.error().ToString().c_str());
-    return 1;
-  }
-  int rc = 0;
-  {
-    auto world = cairn::coll::MpiCommunicator::World(std::chrono::seconds(120));
-    if (!world) {
-      std::fprintf(stderr, "%s\n", world.error().ToString().c_str());
-      return 1;
-    }
-    cairn::coll::g_host = world->get();
-    rc = RUN_ALL_TESTS();
-  }
-  return rc;
-}
+int main(int argc, char** argv) { return cairn::coll::RunMpiTests(argc, argv, &cairn::coll::g_host); }

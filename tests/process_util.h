@@ -28,6 +28,18 @@ inline std::string BinDir() {
   return d ? d : "build/bin";
 }
 
+// This process's environment with `extra` added (replacing variables of the same name),
+// as "NAME=value" strings.
+inline std::vector<std::string> MergedEnvironment(const std::map<std::string, std::string>& extra) {
+  std::vector<std::string> out;
+  for (char** e = environ; *e; ++e) {
+    std::string s(*e);
+    if (!extra.contains(s.substr(0, s.find('=')))) out.push_back(s);
+  }
+  for (const auto& [k, v] : extra) out.push_back(k + "=" + v);
+  return out;
+}
+
 // Runs argv with extra environment variables; kills it (SIGKILL) after timeout.
 inline CommandResult RunCommand(const std::vector<std::string>& argv,
                                 const std::map<std::string, std::string>& env = {},
@@ -39,12 +51,7 @@ inline CommandResult RunCommand(const std::vector<std::string>& argv,
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
   posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e; ++e) {
-    std::string s(*e);
-    if (!env.contains(s.substr(0, s.find('=')))) env_strings.push_back(s);
-  }
-  for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+  std::vector<std::string> env_strings = MergedEnvironment(env);
   std::vector<char*> envp, args;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);

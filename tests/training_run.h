@@ -24,8 +24,7 @@
 
 #include "common/io.h"
 #include "proto/cairn.pb.h"
-
-extern char** environ;
+#include "tests/process_util.h"
 
 namespace cairn::testing {
 
@@ -111,12 +110,7 @@ class TrainingRun {
     posix_spawnattr_init(&attr);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
     posix_spawnattr_setpgroup(&attr, 0);
-    std::vector<std::string> env_strings;
-    for (char** e = environ; *e; ++e) {
-      std::string s(*e);
-      if (!env.contains(s.substr(0, s.find('=')))) env_strings.push_back(s);
-    }
-    for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+    std::vector<std::string> env_strings = MergedEnvironment(env);
     std::vector<char*> envp, args;
     for (auto& s : env_strings) envp.push_back(s.data());
     envp.push_back(nullptr);
