@@ -20,5 +20,7 @@ void RegisterConfigCommands(CLI::App& app, Context* ctx);
 void RegisterCheckpointCommands(CLI::App& app, Context* ctx);
 // `cairn submit|status|cancel|nodes`
 void RegisterJobCommands(CLI::App& app, Context* ctx);
+// `cairn up|down` (a local cluster in the background)
+void RegisterClusterCommands(CLI::App& app, Context* ctx);
 
 }  // namespace cairn::cli

@@ -324,5 +324,48 @@ TEST_F(CoordinatorTest, AgentsRegisterHeartbeatAndAreDetectedLost) {
   EXPECT_NE(after.find("n2                   lost"), std::string::npos) << after;
 }
 
+// `cairn up` starts cairnd and agents in the background and returns once the nodes are
+// alive; `cairn down` leaves no process behind.
+TEST(LocalCluster, UpAndDownLeaveNothingRunning) {
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("cairn_up_" + io::RandomSuffix())).string();
+  auto cli = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), BinDir() + "/cairn");
+    args.insert(args.end(), {"--state-dir", dir});
+    return RunCommand(args, {}, std::chrono::seconds(60));
+  };
+  auto processes = [&] {
+    int n = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+      std::ifstream in(e.path() / "cmdline", std::ios::binary);
+      std::string cmd((std::istreambuf_iterator<char>(in)), {});
+      if (cmd.find(dir) != std::string::npos) ++n;
+    }
+    return n;
+  };
+  auto up = cli({"up", "--agents", "2"});
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  EXPECT_EQ(processes(), 3);
+  auto nodes = cli({"nodes"});
+  EXPECT_EQ(std::count(nodes.output.begin(), nodes.output.end(), '\n'), 3) << nodes.output;
+  EXPECT_NE(nodes.output.find("alive"), std::string::npos);
+  auto again = cli({"up"});
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_NE(again.output.find("already up"), std::string::npos) << again.output;
+  auto down = cli({"down"});
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  EXPECT_EQ(processes(), 0);
+  if (processes() != 0) {  // never leave daemons behind, even when the test fails
+    for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+      std::ifstream in(e.path() / "cmdline", std::ios::binary);
+      std::string cmd((std::istreambuf_iterator<char>(in)), {});
+      if (cmd.find(dir) != std::string::npos) ::kill(std::atoi(e.path().filename().c_str()), SIGKILL);
+    }
+  }
+  EXPECT_NE(cli({"down"}).exit_code, 0);  // nothing to stop now
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
 }  // namespace
 }  // namespace cairn::testing

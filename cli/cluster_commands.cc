@@ -1,0 +1,224 @@
+// `cairn up|down`: an embedded local cluster (cairnd + N agents on this machine, in the
+// background), for development, tests and the demo.
+//
+// up: starts cairnd and the agents as daemons of their own sessions (logs in the state
+// directory), records their pids in STATE/cluster.pids, and returns once every agent's
+// node is alive. down: SIGTERM to each recorded process that is still the one recorded
+// (its command line names the state directory), SIGKILL after 5 s, then checks that none
+// is left.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "cli/commands.h"
+#include "common/io.h"
+#include "coordinator/client.h"
+#include "proto/cairn.pb.h"
+
+namespace cairn::cli {
+namespace {
+
+std::string SelfDir() {
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : exe.parent_path().string();
+}
+
+// Starts argv as a daemon (own session, stdin from /dev/null, output to log).
+Result<pid_t> Daemon(const std::vector<std::string>& argv, const std::string& log) {
+  int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (out < 0) return ErrnoError(errno, log);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(out);
+    return ErrnoError(errno, "fork");
+  }
+  if (pid == 0) {
+    ::setsid();
+    int in = ::open("/dev/null", O_RDONLY);
+    ::dup2(in, 0);
+    ::dup2(out, 1);
+    ::dup2(out, 2);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    _exit(127);
+  }
+  ::close(out);
+  return pid;
+}
+
+// True if pid is alive and its command line mentions `needle` (not a reused pid).
+bool IsOurs(pid_t pid, const std::string& needle) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+  std::string cmd((std::istreambuf_iterator<char>(in)), {});
+  if (cmd.empty()) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  const auto close_paren = line.rfind(')');
+  if (close_paren != std::string::npos && close_paren + 2 < line.size() &&
+      line[close_paren + 2] == 'Z') {
+    return false;  // a zombie waiting for its parent
+  }
+  for (char& c : cmd) {
+    if (c == '\0') c = ' ';
+  }
+  return cmd.find(needle) != std::string::npos;
+}
+
+std::vector<pid_t> ReadPids(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<pid_t> pids;
+  pid_t p;
+  while (in >> p) pids.push_back(p);
+  return pids;
+}
+
+Status Down(const std::string& dir) {
+  const std::string pids_file = io::JoinPath(dir, "cluster.pids");
+  auto pids = ReadPids(pids_file);
+  if (pids.empty()) return MakeError(Code::kNotFound, "no cluster started by `cairn up` at {}", dir);
+  // Agents first (they are the leaves), cairnd last.
+  for (auto it = pids.rbegin(); it != pids.rend(); ++it) {
+    if (IsOurs(*it, dir)) ::kill(*it, SIGTERM);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  auto any_left = [&] {
+    for (pid_t p : pids) {
+      if (IsOurs(p, dir)) return true;
+    }
+    return false;
+  };
+  while (any_left() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  for (pid_t p : pids) {
+    if (IsOurs(p, dir)) ::kill(p, SIGKILL);
+  }
+  for (int i = 0; i < 100 && any_left(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (any_left()) return MakeError(Code::kInternal, "processes of the cluster at {} survived SIGKILL", dir);
+  std::error_code ec;
+  std::filesystem::remove(pids_file, ec);
+  return OkStatus();
+}
+
+Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::string& node_timeout) {
+  if (agents < 0 || agents > 64) return MakeError(Code::kInvalidArgument, "--agents must be 0..64");
+  CAIRN_RETURN_IF_ERROR(io::CreateDirs(io::DefaultFileSystem(), dir, 0700));
+  const std::string pids_file = io::JoinPath(dir, "cluster.pids");
+  for (pid_t p : ReadPids(pids_file)) {
+    if (IsOurs(p, dir)) {
+      return MakeError(Code::kFailedPrecondition,
+                       "a cluster is already up at {} (pid {}); `cairn down` first", dir, p);
+    }
+  }
+  const std::string bin = SelfDir();
+  std::vector<pid_t> pids;
+  auto record = [&] {
+    std::ostringstream s;
+    for (pid_t p : pids) s << p << "\n";
+    return io::WriteFileAtomic(io::DefaultFileSystem(), pids_file, s.str(), 0600);
+  };
+  std::error_code ec;
+  std::filesystem::remove(io::JoinPath(dir, "cairnd.addr"), ec);
+  CAIRN_ASSIGN_OR_RETURN(pid_t cairnd, Daemon({bin + "/cairnd", "--state-dir", dir, "--node-timeout",
+                                               node_timeout},
+                                              io::JoinPath(dir, "cairnd.log")));
+  pids.push_back(cairnd);
+  CAIRN_RETURN_IF_ERROR(record());
+  // On failure, the processes started here are our children: kill and reap them.
+  auto fail = [&](Error e) -> Status {
+    for (pid_t p : pids) {
+      ::kill(p, SIGKILL);
+      ::waitpid(p, nullptr, 0);
+    }
+    std::error_code rm;
+    std::filesystem::remove(pids_file, rm);
+    return std::unexpected(std::move(e));
+  };
+  for (int i = 0; !std::filesystem::exists(io::JoinPath(dir, "cairnd.addr")); ++i) {
+    if (i >= 200 || ::waitpid(cairnd, nullptr, WNOHANG) == cairnd) {
+      return fail(Error(Code::kUnavailable,
+                        fmt::format("cairnd did not start; see {}", io::JoinPath(dir, "cairnd.log"))));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  for (int i = 0; i < agents; ++i) {
+    const std::string id = fmt::format("{}-a{}", host, i);
+    auto pid = Daemon({bin + "/cairn-agent", "--state-dir", dir, "--node-id", id, "--cpus",
+                       std::to_string(cpus_per_agent)},
+                      io::JoinPath(dir, fmt::format("agent-{}.log", i)));
+    if (!pid) return fail(pid.error());
+    pids.push_back(*pid);
+    if (auto r = record(); !r) return fail(r.error());
+  }
+  // Ready when every agent's node is alive.
+  auto client = coord::Client::Connect(dir);
+  if (!client) return fail(client.error());
+  for (int i = 0;; ++i) {
+    auto bytes = (*client)->Call("ListNodes", proto::ListNodesRequest().SerializeAsString());
+    proto::ListNodesReply reply;
+    int alive = 0;
+    if (bytes && reply.ParseFromString(*bytes)) {
+      for (const auto& n : reply.nodes()) alive += n.alive() ? 1 : 0;
+    }
+    if (alive >= agents) break;
+    if (i >= 200) {
+      return fail(Error(Code::kUnavailable,
+                        fmt::format("only {} of {} agents registered; see the logs in {}", alive,
+                                    agents, dir)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::printf("cluster up at %s: cairnd (pid %d) and %d agent(s); logs in %s\n", dir.c_str(),
+              cairnd, agents, dir.c_str());
+  return OkStatus();
+}
+
+}  // namespace
+
+void RegisterClusterCommands(CLI::App& app, Context* ctx) {
+  struct Flags {
+    std::string state_dir;
+    int agents = 1;
+    int cpus = 0;
+    std::string node_timeout = "5s";
+  };
+  auto f = std::make_shared<Flags>();
+  auto* up = app.add_subcommand("up", "Start a local cluster (cairnd + agents) in the background");
+  up->add_option("--state-dir", f->state_dir, "State directory (default CAIRN_STATE_DIR or ~/.cairn)");
+  up->add_option("--agents", f->agents, "Agents (simulated nodes) to start")->capture_default_str();
+  up->add_option("--cpus-per-agent", f->cpus, "CPUs each agent declares (default: all cores)");
+  up->add_option("--node-timeout", f->node_timeout, "Heartbeat timeout of a node")
+      ->capture_default_str();
+  up->callback([ctx, f] {
+    const int cpus = f->cpus > 0 ? f->cpus : static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+    if (auto s = Up(coord::DefaultStateDir(f->state_dir), f->agents, cpus, f->node_timeout); !s) {
+      ctx->exit_code = ReportError("cairn", s.error());
+    }
+  });
+  auto* down = app.add_subcommand("down", "Stop the local cluster started by `cairn up`");
+  down->add_option("--state-dir", f->state_dir, "State directory (default CAIRN_STATE_DIR or ~/.cairn)");
+  down->callback([ctx, f] {
+    const std::string dir = coord::DefaultStateDir(f->state_dir);
+    if (auto s = Down(dir); !s) {
+      ctx->exit_code = ReportError("cairn", s.error());
+      return;
+    }
+    std::printf("cluster at %s is down\n", dir.c_str());
+  });
+}
+
+}  // namespace cairn::cli
