@@ -4,6 +4,23 @@
 
 
 namespace cairn::coord {
+namespace {
+
+// What the caller should do about an SQLite result code.
+Code CodeFromSqlite(int rc) {
+  switch (rc) {
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB: return Code::kDataLoss;
+    case SQLITE_FULL: return Code::kResourceExhausted;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return Code::kUnavailable;
+    case SQLITE_CANTOPEN:
+    case SQLITE_PERM: return Code::kPermissionDenied;
+    default: return Code::kInternal;
+  }
+}
+
+}  // namespace
 
 // A prepared statement, finalized on destruction.
 class StateStore::Stmt {
@@ -33,11 +50,7 @@ class StateStore::Stmt {
     int rc = sqlite3_step(s_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
-    return MakeError(rc == SQLITE_FULL ? Code::kResourceExhausted
-                     : rc == SQLITE_BUSY || rc == SQLITE_LOCKED ? Code::kUnavailable
-                     : rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB ? Code::kDataLoss
-                                                                  : Code::kInternal,
-                     "{}", sqlite3_errmsg(db_));
+    return MakeError(CodeFromSqlite(rc), "{}", sqlite3_errmsg(db_));
   }
   Status Run() {
     CAIRN_ASSIGN_OR_RETURN(bool row, Step());
@@ -58,13 +71,8 @@ class StateStore::Stmt {
 };
 
 std::unexpected<Error> StateStore::DbError(const std::string& what) const {
-  const int rc = sqlite3_errcode(db_);
-  Code code = rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB ? Code::kDataLoss
-              : rc == SQLITE_FULL                          ? Code::kResourceExhausted
-              : rc == SQLITE_BUSY || rc == SQLITE_LOCKED   ? Code::kUnavailable
-              : rc == SQLITE_CANTOPEN || rc == SQLITE_PERM ? Code::kPermissionDenied
-                                                           : Code::kInternal;
-  return MakeError(code, "{}: {}: {}", path_, what, sqlite3_errmsg(db_));
+  return MakeError(CodeFromSqlite(sqlite3_errcode(db_)), "{}: {}: {}", path_, what,
+                   sqlite3_errmsg(db_));
 }
 
 Result<StateStore::Stmt> StateStore::Prepare(const char* sql) {
@@ -80,14 +88,9 @@ Status StateStore::Exec(const char* sql) {
   if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
     std::string msg = err != nullptr ? err : sqlite3_errmsg(db_);
     sqlite3_free(err);
-    const int rc = sqlite3_errcode(db_);
-    const Code code = rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB ? Code::kDataLoss
-                      : rc == SQLITE_FULL                          ? Code::kResourceExhausted
-                      : rc == SQLITE_BUSY || rc == SQLITE_LOCKED   ? Code::kUnavailable
-                                                                   : Code::kInternal;
     std::string_view what(sql);
     if (what.size() > 40) what = what.substr(0, 40);
-    return MakeError(code, "{}: {}: {}", path_, msg, what);
+    return MakeError(CodeFromSqlite(sqlite3_errcode(db_)), "{}: {}: {}", path_, msg, what);
   }
   return OkStatus();
 }
