@@ -78,6 +78,7 @@ Result<int> Run(const std::string& state_dir, const std::string& listen,
 
   boost::asio::io_context io;
   Service service(store.get(), token, NowMs, options);
+  CAIRN_RETURN_IF_ERROR_CTX(service.Recover(), "recover the state in {}", p.db);
   // Periodic work: node liveness.
   boost::asio::steady_timer tick(io);
   std::function<void()> arm = [&] {

@@ -143,9 +143,7 @@ std::vector<std::pair<Scheduler::Node*, int>> Scheduler::Choose(const JobRequest
 }
 
 Status Scheduler::Feasible(const JobRequest& j) {
-  if (nodes_.empty()) {
-    return MakeError(Code::kFailedPrecondition, "job {}: the cluster has no nodes", j.job_id);
-  }
+  if (nodes_.empty()) return OkStatus();  // the cluster is still starting: queue it
   if (!Choose(j, /*whole=*/true).empty()) return OkStatus();
   int max_cpus = 0, max_gpus = 0;
   int64_t max_mem = 0, total_gpus = 0, total_cpus = 0;
@@ -328,6 +326,53 @@ void Scheduler::Release(const std::string& job_id) {
   use.first -= j.cpus_per_rank * j.ranks;
   use.second -= j.gpus_per_rank * j.ranks;
   placed_.erase(it);
+}
+
+Status Scheduler::Restore(const JobRequest& j, const Placement& p) {
+  if (queue_.contains(j.job_id) || placed_.contains(j.job_id)) {
+    return MakeError(Code::kFailedPrecondition, "job {} is already queued or placed", j.job_id);
+  }
+  if (p.ranks.size() != static_cast<std::size_t>(j.ranks)) {
+    return MakeError(Code::kInvalidArgument, "job {}: placement has {} ranks, job has {}",
+                     j.job_id, p.ranks.size(), j.ranks);
+  }
+  // Check everything first, so a refused placement changes nothing.
+  std::unordered_map<std::size_t, std::pair<int, uint64_t>> need;  // node -> cpus, gpu mask
+  for (const RankPlacement& rp : p.ranks) {
+    auto ni = node_index_.find(rp.node_id);
+    if (ni == node_index_.end()) {
+      return MakeError(Code::kFailedPrecondition, "job {}: rank {} is on unknown node {}",
+                       j.job_id, rp.rank, rp.node_id);
+    }
+    auto& [cpus, mask] = need[ni->second];
+    cpus += j.cpus_per_rank;
+    for (int g : rp.gpus) {
+      if (g < 0 || g >= 64 || (mask & (uint64_t{1} << g)) != 0) {
+        return MakeError(Code::kInvalidArgument, "job {}: GPU {} of node {} given twice", j.job_id,
+                         g, rp.node_id);
+      }
+      mask |= uint64_t{1} << g;
+    }
+  }
+  for (const auto& [idx, use] : need) {
+    const Node& n = nodes_[idx];
+    if (n.cpus_free < use.first || (n.gpu_free_mask & use.second) != use.second) {
+      return MakeError(Code::kFailedPrecondition, "job {}: node {} has no room for its ranks",
+                       j.job_id, n.cap.id);
+    }
+  }
+  for (const RankPlacement& rp : p.ranks) {
+    Node& n = nodes_[node_index_.at(rp.node_id)];
+    n.cpus_free -= j.cpus_per_rank;
+    n.mem_free -= j.memory_mb_per_rank;
+    for (int g : rp.gpus) n.gpu_free_mask &= ~(uint64_t{1} << g);
+    ++n.allocations;
+  }
+  auto& use = user_usage_[j.user];
+  use.first += j.cpus_per_rank * j.ranks;
+  use.second += j.gpus_per_rank * j.ranks;
+  placed_[j.job_id] = Held{j, p};
+  return OkStatus();
 }
 
 std::vector<NodeUsage> Scheduler::Nodes() const {

@@ -9,7 +9,8 @@
 // limit is passed over, not a blocker. A request no cluster state could satisfy (more
 // GPUs per rank than any node has, more in total than the cluster has, a node layout no
 // set of nodes offers, more than the user's limit) is rejected at Submit with an error
-// naming the unmet need, never queued forever. Allocations are exact: used + free =
+// naming the unmet need, never queued forever (with no node known yet, the cluster is
+// still starting and the job is queued). Allocations are exact: used + free =
 // capacity on every node at all times, and a GPU index belongs to at most one rank.
 //
 // Placement: with ranks_per_node (or nodes, which fixes ranks_per_node = ranks / nodes),
@@ -98,6 +99,9 @@ class Scheduler {
   std::vector<Placement> Schedule();
   // Frees a placed job's resources (no-op if it holds none).
   void Release(const std::string& job_id);
+  // Takes back a placement made before a coordinator restart (nodes must be known; the
+  // ranks' resources must be free). The job must be neither queued nor placed.
+  Status Restore(const JobRequest& job, const Placement& placement);
 
   std::size_t queued() const { return queue_.size(); }
   bool IsPlaced(const std::string& job_id) const { return placed_.contains(job_id); }

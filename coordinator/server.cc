@@ -26,12 +26,18 @@ Result<std::unique_ptr<Server>> Server::Listen(asio::io_context& io, const std::
                      "listen on {}:{}: {}", host, port, ec.message());
   }
   s->port_ = s->acceptor_.local_endpoint().port();
+  service->set_orders_changed([srv = s.get()](const std::string& node) {
+    auto [b, e] = srv->held_.equal_range(node);
+    for (auto it = b; it != e; ++it) it->second->cancel();
+  });
   asio::co_spawn(io, s->Accept(), asio::detached);
   return s;
 }
 
 void Server::Stop() {
   boost::system::error_code ec;
+  service_->set_orders_changed(nullptr);
+  for (auto& [node, timer] : held_) timer->cancel();
   acceptor_.close(ec);
   for (const auto& sock : open_) sock->close(ec);
   open_.clear();
@@ -77,6 +83,20 @@ asio::awaitable<void> Server::Serve(std::shared_ptr<tcp::socket> sock) {
       }
       if (!*next) break;
       proto::Envelope reply = service_->Handle(**next);
+      if (const int64_t hold = reply.has_error() ? 0 : service_->HoldMs(**next); hold > 0) {
+        proto::HeartbeatRequest hb;
+        hb.ParseFromString((*next)->payload());
+        asio::steady_timer timer(io_);
+        timer.expires_after(std::chrono::milliseconds(hold));
+        auto held = held_.emplace(hb.node_id(), &timer);
+        co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        held_.erase(held);
+        if (!acceptor_.is_open()) {  // stopping
+          close = true;
+          break;
+        }
+        reply = service_->OrdersReply(**next);
+      }
       auto frame = EncodeFrame(reply);
       if (!frame) {
         frame = EncodeFrame(MakeErrorReply(**next, frame.error()));

@@ -5,6 +5,8 @@
 // or otherwise untrustworthy stream is logged with the peer's address and that
 // connection alone is closed, without affecting any other client. Requests on one
 // connection are answered in order. Authentication is per request (Service::Handle).
+// Long poll: a heartbeat that asks to wait (Service::HoldMs) is answered when its node's
+// orders change or its wait ends, whichever comes first; only its own connection waits.
 //
 // Threading: everything runs on the one io_context thread given to Listen (coroutines;
 // no locks). Stop() closes the acceptor and every connection.
@@ -13,6 +15,7 @@
 #include <utility>  // before Asio: boost/asio/awaitable.hpp needs std::exchange
 
 #include <boost/asio.hpp>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -44,6 +47,8 @@ class Server {
   uint32_t max_frame_;
   uint16_t port_ = 0;
   std::set<std::shared_ptr<boost::asio::ip::tcp::socket>> open_;
+  // Held heartbeats by node: cancelled (woken) when the node's orders change.
+  std::multimap<std::string, boost::asio::steady_timer*> held_;
 };
 
 }  // namespace cairn::coord

@@ -16,10 +16,6 @@ Result<M> ParsePayload(const proto::Envelope& req) {
   return m;
 }
 
-bool Final(proto::JobState s) {
-  return s == proto::JOB_SUCCEEDED || s == proto::JOB_FAILED || s == proto::JOB_CANCELLED;
-}
-
 }  // namespace
 
 Status ValidateJobSpec(proto::JobSpec* s) {
@@ -70,8 +66,27 @@ Status ValidateJobSpec(proto::JobSpec* s) {
 
 Service::Service(StateStore* store, std::string cluster_token, Clock clock,
                  ServiceOptions options)
-    : store_(store), token_(std::move(cluster_token)), clock_(std::move(clock)), options_(options) {
+    : store_(store),
+      token_(std::move(cluster_token)),
+      clock_(std::move(clock)),
+      options_(options),
+      jobs_(store, &scheduler_, clock_,
+            [this](const std::string& id) {
+              NodeView v;
+              if (auto it = nodes_.find(id); it != nodes_.end()) {
+                v.address = it->second.registration.address();
+                v.hostname = it->second.registration.hostname();
+                v.alive = it->second.alive || !it->second.lost;
+              }
+              return v;
+            },
+            options.jobs) {}
+
+Status Service::Recover() {
   LoadNodes();
+  CAIRN_RETURN_IF_ERROR(jobs_.Recover());
+  jobs_.Schedule();
+  return OkStatus();
 }
 
 namespace {
@@ -94,19 +109,22 @@ void Service::LoadNodes() {
     live.registration.set_node_id(n.id);
     live.registration.set_address(n.address);
     *live.registration.mutable_resources() = n.resources;
-    live.last_seen_ms = n.last_seen_ms;
+    // Not alive until it heartbeats; lost if it does not within the node timeout.
+    live.last_seen_ms = clock_();
     nodes_[n.id] = live;
     if (scheduler_.AddNode(CapacityOf(n.id, n.resources))) {
       (void)scheduler_.SetSchedulable(n.id, false);
     }
+    if (n.quarantined) jobs_.RestoreQuarantine(n.id, n.failures);
   }
 }
 
 void Service::Tick() {
   const int64_t now = clock_();
   for (auto& [id, n] : nodes_) {
-    if (n.alive && now - n.last_seen_ms > options_.node_timeout_ms) {
+    if (!n.lost && now - n.last_seen_ms > options_.node_timeout_ms) {
       n.alive = false;
+      n.lost = true;
       (void)scheduler_.SetSchedulable(id, false);
       const std::string why =
           fmt::format("no heartbeat for {} ms (timeout {} ms)", now - n.last_seen_ms,
@@ -114,8 +132,10 @@ void Service::Tick() {
       log::Logger("coordinator")->warn("node {} lost: {}", id, why);
       (void)store_->TouchNode(id, n.last_seen_ms);
       (void)store_->AppendEvent("", "node-lost", id + ": " + why, now);
+      jobs_.OnNodeLost(id);
     }
   }
+  jobs_.Tick();
 }
 
 Result<std::string> Service::RegisterNode(const proto::Envelope& req) {
@@ -145,15 +165,22 @@ Result<std::string> Service::RegisterNode(const proto::Envelope& req) {
   if (auto a = scheduler_.AddNode(CapacityOf(rec.id, rec.resources)); !a) {
     log::Logger("coordinator")->warn("node {}: {}", rec.id, a.error().ToString());
   }
-  (void)scheduler_.SetSchedulable(rec.id, true);
   NodeLive& live = nodes_[rec.id];
+  if (live.registration.incarnation() != 0 && live.registration.incarnation() != r.incarnation()) {
+    jobs_.OnNodeRegistered(rec.id);  // a new agent process: out of quarantine
+  }
   live.registration = r;
   live.last_seen_ms = now;
   live.alive = true;
+  live.lost = false;
+  live.last_sequence = 0;
+  (void)scheduler_.SetSchedulable(rec.id, !jobs_.Quarantined(rec.id));
   log::Logger("coordinator")->info("node {} registered ({} CPUs, {} GPUs)", rec.id,
                                    rec.resources.cpus(), rec.resources.gpus_size());
   proto::RegisterNodeReply out;
   out.set_heartbeat_interval_ms(static_cast<uint64_t>(options_.heartbeat_interval_ms));
+  out.set_node_timeout_ms(static_cast<uint64_t>(options_.node_timeout_ms));
+  jobs_.Schedule();
   return out.SerializeAsString();
 }
 
@@ -168,11 +195,17 @@ Result<std::string> Service::Heartbeat(const proto::Envelope& req) {
   n.last_seen_ms = clock_();
   if (!n.alive) {
     n.alive = true;
-    (void)scheduler_.SetSchedulable(r.node_id(), true);
+    n.lost = false;
+    (void)scheduler_.SetSchedulable(r.node_id(), !jobs_.Quarantined(r.node_id()));
     (void)store_->AppendEvent("", "node-back", r.node_id(), n.last_seen_ms);
     log::Logger("coordinator")->info("node {} is back", r.node_id());
   }
-  return proto::HeartbeatReply().SerializeAsString();
+  // Reports travel on two connections; an older one arriving late is stale.
+  if (r.sequence() == 0 || r.sequence() > n.last_sequence) {
+    n.last_sequence = r.sequence();
+    jobs_.OnReport(r);
+  }
+  return jobs_.OrdersFor(r.node_id()).SerializeAsString();
 }
 
 Result<std::string> Service::ListNodes() {
@@ -188,6 +221,7 @@ Result<std::string> Service::ListNodes() {
     info->set_alive(n.alive);
     info->set_last_seen_unix_ms(n.last_seen_ms);
     info->set_agent_version(n.registration.agent_version());
+    info->set_quarantined(jobs_.Quarantined(id));
     if (auto u = usage.find(id); u != usage.end()) {
       info->set_cpus_free(static_cast<uint32_t>(u->second.cpus_free));
       info->set_gpus_free(static_cast<uint32_t>(u->second.gpus_free));
@@ -213,21 +247,32 @@ Result<std::string> Service::Dispatch(const proto::Envelope& req) {
   if (m == "Heartbeat") return Heartbeat(req);
   if (m == "ListNodes") return ListNodes();
   if (m == "CancelJob") return CancelJob(req);
+  if (m == "ResumeJob") return ResumeJob(req);
+  if (m == "GetEvents") return GetEvents(req);
+  if (m == "Exec") {
+    CAIRN_ASSIGN_OR_RETURN(auto r, ParsePayload<proto::ExecRequest>(req));
+    CAIRN_RETURN_IF_ERROR(jobs_.Exec(r));
+    return proto::ExecReply().SerializeAsString();
+  }
   if (m == "GetJob") {
     CAIRN_ASSIGN_OR_RETURN(auto r, ParsePayload<proto::GetJobRequest>(req));
     CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(r.job_id()));
+    jobs_.AddLive(&js);
     return js.SerializeAsString();
   }
   if (m == "ListJobs") {
     CAIRN_ASSIGN_OR_RETURN(auto r, ParsePayload<proto::ListJobsRequest>(req));
     CAIRN_ASSIGN_OR_RETURN(auto jobs, store_->ListJobs(r.include_finished()));
     proto::ListJobsReply out;
-    for (auto& j : jobs) *out.add_jobs() = std::move(j);
+    for (auto& j : jobs) {
+      jobs_.AddLive(&j);
+      *out.add_jobs() = std::move(j);
+    }
     return out.SerializeAsString();
   }
   return MakeError(Code::kInvalidArgument,
-                   "unknown method '{}' (SubmitJob, GetJob, ListJobs, CancelJob, RegisterNode, "
-                   "Heartbeat, ListNodes)", m);
+                   "unknown method '{}' (SubmitJob, GetJob, ListJobs, CancelJob, ResumeJob, "
+                   "GetEvents, RegisterNode, Heartbeat, ListNodes, Exec)", m);
 }
 
 Result<std::string> Service::Once(const proto::Envelope& req,
@@ -252,48 +297,83 @@ Result<std::string> Service::SubmitJob(const proto::Envelope& req) {
   CAIRN_RETURN_IF_ERROR(ValidateJobSpec(&spec));
   if (scheduler_.node_count() > 0) {
     // Could it ever run here? (Without nodes yet, the cluster is still starting.)
-    JobRequest jr;
-    jr.job_id = fmt::format("'{}'", spec.name().empty() ? spec.command(0) : spec.name());
-    jr.user = spec.user();
-    jr.priority = spec.priority();
-    jr.ranks = static_cast<int>(spec.ranks());
-    jr.cpus_per_rank = static_cast<int>(spec.cpus_per_rank());
-    jr.gpus_per_rank = static_cast<int>(spec.gpus_per_rank());
-    jr.nodes = static_cast<int>(spec.nodes());
-    jr.ranks_per_node = static_cast<int>(spec.ranks_per_node());
+    JobRequest jr = RequestOf(
+        fmt::format("'{}'", spec.name().empty() ? spec.command(0) : spec.name()), spec);
     CAIRN_RETURN_IF_ERROR(scheduler_.Check(jr));
   }
-  return Once(req, [&]() -> Result<std::string> {
+  auto reply = Once(req, [&]() -> Result<std::string> {
     const int64_t now = clock_();
     CAIRN_ASSIGN_OR_RETURN(auto id, store_->CreateJob(spec, now));
     CAIRN_RETURN_IF_ERROR(store_->AppendEvent(
         id, "submitted",
         fmt::format("{} ranks of '{}' by client {}", spec.ranks(), spec.command(0), req.client_id()),
         now));
+    CAIRN_RETURN_IF_ERROR(jobs_.Queue(id, spec));
     log::Logger("coordinator")->info("job {} submitted: {} ranks of {}", id, spec.ranks(),
                                      spec.command(0));
     proto::SubmitJobReply out;
     out.set_job_id(id);
     return out.SerializeAsString();
   });
+  if (reply) jobs_.Schedule();
+  return reply;
 }
 
 Result<std::string> Service::CancelJob(const proto::Envelope& req) {
   CAIRN_ASSIGN_OR_RETURN(auto r, ParsePayload<proto::CancelJobRequest>(req));
   return Once(req, [&]() -> Result<std::string> {
+    CAIRN_RETURN_IF_ERROR(jobs_.Cancel(r.job_id(), "client " + req.client_id()));
     CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(r.job_id()));
-    if (!Final(js.state())) {
-      const int64_t now = clock_();
-      CAIRN_RETURN_IF_ERROR(store_->SetJobState(r.job_id(), proto::JOB_CANCELLED,
-                                                "cancelled by client " + req.client_id(), now));
-      CAIRN_RETURN_IF_ERROR(
-          store_->AppendEvent(r.job_id(), "cancelled", "by client " + req.client_id(), now));
-      CAIRN_ASSIGN_OR_RETURN(js, store_->GetJob(r.job_id()));
-    }
     proto::CancelJobReply out;
     *out.mutable_job() = std::move(js);
     return out.SerializeAsString();
   });
+}
+
+Result<std::string> Service::ResumeJob(const proto::Envelope& req) {
+  CAIRN_ASSIGN_OR_RETURN(auto r, ParsePayload<proto::ResumeJobRequest>(req));
+  auto reply = Once(req, [&]() -> Result<std::string> {
+    CAIRN_RETURN_IF_ERROR(jobs_.Resume(r.job_id(), "client " + req.client_id()));
+    CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(r.job_id()));
+    proto::ResumeJobReply out;
+    *out.mutable_job() = std::move(js);
+    return out.SerializeAsString();
+  });
+  if (reply) jobs_.Schedule();
+  return reply;
+}
+
+Result<std::string> Service::GetEvents(const proto::Envelope& req) {
+  CAIRN_ASSIGN_OR_RETURN(auto r, ParsePayload<proto::GetEventsRequest>(req));
+  if (!r.job_id().empty()) CAIRN_RETURN_IF_ERROR(store_->GetJob(r.job_id()));  // NOT_FOUND
+  CAIRN_ASSIGN_OR_RETURN(auto events, store_->Events(r.job_id(), r.after_id()));
+  proto::GetEventsReply out;
+  for (const auto& e : events) {
+    auto* o = out.add_events();
+    o->set_id(e.id);
+    o->set_unix_ms(e.at_ms);
+    o->set_kind(e.kind);
+    o->set_message(e.message);
+  }
+  return out.SerializeAsString();
+}
+
+int64_t Service::HoldMs(const proto::Envelope& req) const {
+  if (req.method() != "Heartbeat" || req.auth_token() != token_) return 0;
+  proto::HeartbeatRequest r;
+  if (!r.ParseFromString(req.payload()) || r.wait_ms() == 0) return 0;
+  if (!nodes_.contains(r.node_id())) return 0;
+  if (jobs_.OrdersVersion(r.node_id()) != r.orders_version()) return 0;
+  return std::min<int64_t>(r.wait_ms(), 10'000);
+}
+
+proto::Envelope Service::OrdersReply(const proto::Envelope& req) {
+  proto::HeartbeatRequest r;
+  r.ParseFromString(req.payload());
+  if (auto it = nodes_.find(r.node_id()); it != nodes_.end() && it->second.alive) {
+    it->second.last_seen_ms = clock_();  // it waited on us all along
+  }
+  return MakeReply(req, jobs_.OrdersFor(r.node_id()).SerializeAsString());
 }
 
 }  // namespace cairn::coord

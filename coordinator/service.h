@@ -10,15 +10,20 @@
 //
 // Methods: SubmitJob (SubmitJobRequest -> SubmitJobReply), GetJob (GetJobRequest ->
 // JobStatus), ListJobs (ListJobsRequest -> ListJobsReply), CancelJob (CancelJobRequest
-// -> CancelJobReply), RegisterNode (RegisterNodeRequest -> RegisterNodeReply), Heartbeat
-// (HeartbeatRequest -> HeartbeatReply), ListNodes (ListNodesRequest -> ListNodesReply).
+// -> CancelJobReply), ResumeJob (ResumeJobRequest -> ResumeJobReply), GetEvents
+// (GetEventsRequest -> GetEventsReply), RegisterNode (RegisterNodeRequest ->
+// RegisterNodeReply), Heartbeat (HeartbeatRequest -> HeartbeatReply: the node's orders),
+// ListNodes (ListNodesRequest -> ListNodesReply), Exec (ExecRequest -> ExecReply).
 //
-// Nodes: an agent registers (stored, and given to the scheduler), then heartbeats.
-// Heartbeats are kept in memory only (one fsync per heartbeat per node would not
-// scale); a node silent for node_timeout is marked lost by Tick() (unschedulable, event
-// logged) and comes back with its next heartbeat or registration. Once the cluster has
-// nodes, a job that could never fit on them is rejected at submit, naming the unmet
-// need.
+// Nodes: an agent registers (stored, and given to the scheduler), then heartbeats; each
+// heartbeat carries the node's run reports and is answered with its orders (JobManager).
+// A heartbeat may ask to be held until its orders change (long poll, see Server), so an
+// order reaches an agent at once. Heartbeats are kept in memory only (one fsync per
+// heartbeat per node would not scale); a node silent for node_timeout is marked lost by
+// Tick() (unschedulable, its runs fail over, event logged) and comes back with its next
+// heartbeat or registration. After a coordinator restart known nodes get node_timeout
+// to reconnect before they count as lost. Once the cluster has nodes, a job that could
+// never fit on them is rejected at submit, naming the unmet need.
 //
 // Job state machine (owned here; runs and ranks follow with the agents):
 //
@@ -37,6 +42,7 @@
 #include <memory>
 #include <string>
 
+#include "coordinator/job_manager.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/state_store.h"
 #include "proto/cairn.pb.h"
@@ -50,6 +56,7 @@ Status ValidateJobSpec(proto::JobSpec* spec);
 struct ServiceOptions {
   int64_t heartbeat_interval_ms = 1000;
   int64_t node_timeout_ms = 5000;
+  JobManagerOptions jobs;
 };
 
 class Service {
@@ -58,14 +65,29 @@ class Service {
   Service(StateStore* store, std::string cluster_token, Clock clock,
           ServiceOptions options = {});
 
+  // Loads the durable state: nodes, queued jobs, live attempts. Call once, before serving.
+  Status Recover();
   proto::Envelope Handle(const proto::Envelope& request);
-  // Periodic work (call every few hundred ms): marks silent nodes lost.
+  // Periodic work (call every few hundred ms): marks silent nodes lost, detects hangs,
+  // starts attempts whose backoff has passed.
   void Tick();
+
+  // Long poll of heartbeats: how long to hold the reply to `request` (0: answer now), and
+  // the reply to send when the hold ends (the node's orders then).
+  int64_t HoldMs(const proto::Envelope& request) const;
+  proto::Envelope OrdersReply(const proto::Envelope& request);
+  // Called with a node id when its orders change.
+  void set_orders_changed(std::function<void(const std::string&)> fn) {
+    jobs_.set_orders_changed(std::move(fn));
+  }
+  JobManager& jobs() { return jobs_; }
 
  private:
   struct NodeLive {
     int64_t last_seen_ms = 0;
     bool alive = false;
+    bool lost = false;  // reported lost (after a restart: not yet back)
+    uint64_t last_sequence = 0;
     proto::RegisterNodeRequest registration;
   };
   Result<std::string> RegisterNode(const proto::Envelope& request);
@@ -75,6 +97,8 @@ class Service {
   Result<std::string> Dispatch(const proto::Envelope& request);
   Result<std::string> SubmitJob(const proto::Envelope& request);
   Result<std::string> CancelJob(const proto::Envelope& request);
+  Result<std::string> ResumeJob(const proto::Envelope& request);
+  Result<std::string> GetEvents(const proto::Envelope& request);
   // Runs `effect` once per (client, request id); returns the stored reply on a retry.
   Result<std::string> Once(const proto::Envelope& request,
                            const std::function<Result<std::string>()>& effect);
@@ -85,6 +109,7 @@ class Service {
   ServiceOptions options_;
   Scheduler scheduler_;
   std::map<std::string, NodeLive> nodes_;
+  JobManager jobs_;
 };
 
 }  // namespace cairn::coord

@@ -256,6 +256,13 @@ Status StateStore::AddRestart(const std::string& job_id) {
   return ExpectChanged(db_, "job " + job_id);
 }
 
+Status StateStore::SetRestarts(const std::string& job_id, uint32_t restarts) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("UPDATE jobs SET restarts=?2 WHERE id=?1"));
+  q.Bind(1, job_id).Bind(2, static_cast<int64_t>(restarts));
+  CAIRN_RETURN_IF_ERROR(WithContext(q.Run(), path_));
+  return ExpectChanged(db_, "job " + job_id);
+}
+
 Status StateStore::SetCheckpointHead(const std::string& job_id, uint64_t step,
                                      const std::string& digest_hex) {
   CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("UPDATE jobs SET ckpt_step=?2, ckpt_head=?3 WHERE id=?1"));
@@ -266,7 +273,7 @@ Status StateStore::SetCheckpointHead(const std::string& job_id, uint64_t step,
 
 Result<proto::JobStatus> StateStore::GetJob(const std::string& job_id) {
   CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("SELECT id, spec, state, restarts, submitted_ms, "
-                                         "ckpt_head, ckpt_step FROM jobs WHERE id=?1"));
+                                         "ckpt_head, ckpt_step, message FROM jobs WHERE id=?1"));
   q.Bind(1, job_id);
   CAIRN_ASSIGN_OR_RETURN(bool row, WithContext(q.Step(), path_));
   if (!row) return MakeError(Code::kNotFound, "no job {}", job_id);
@@ -280,6 +287,7 @@ Result<proto::JobStatus> StateStore::GetJob(const std::string& job_id) {
   js.set_submitted_unix_ms(q.Int(4));
   js.set_checkpoint_head(q.Text(5));
   js.set_checkpoint_step(static_cast<uint64_t>(q.Int(6)));
+  js.set_message(q.Text(7));
   CAIRN_ASSIGN_OR_RETURN(auto r, Prepare("SELECT attempt, state, started_ms, finished_ms, "
                                          "resumed_from_manifest, resumed_from_step, failure "
                                          "FROM runs WHERE job_id=?1 ORDER BY attempt"));
@@ -296,6 +304,7 @@ Result<proto::JobStatus> StateStore::GetJob(const std::string& job_id) {
     run->set_resumed_from_manifest(r.Text(4));
     run->set_resumed_from_step(static_cast<uint64_t>(r.Int(5)));
     run->set_failure(r.Text(6));
+    if (run->state() == proto::RUN_PREEMPTED) js.set_preemptions(js.preemptions() + 1);
   }
   return js;
 }
@@ -347,6 +356,14 @@ Status StateStore::FinishRun(const std::string& job_id, uint32_t attempt, proto:
                                          "WHERE job_id=?1 AND attempt=?2"));
   q.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt)).Bind(3, static_cast<int64_t>(state));
   q.Bind(4, failure).Bind(5, now_ms);
+  CAIRN_RETURN_IF_ERROR(WithContext(q.Run(), path_));
+  return ExpectChanged(db_, fmt::format("run {} of job {}", attempt, job_id));
+}
+
+Status StateStore::SetRunState(const std::string& job_id, uint32_t attempt,
+                               proto::RunState state) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("UPDATE runs SET state=?3 WHERE job_id=?1 AND attempt=?2"));
+  q.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt)).Bind(3, static_cast<int64_t>(state));
   CAIRN_RETURN_IF_ERROR(WithContext(q.Run(), path_));
   return ExpectChanged(db_, fmt::format("run {} of job {}", attempt, job_id));
 }
@@ -414,10 +431,10 @@ Status StateStore::AppendEvent(const std::string& job_id, const std::string& kin
   return WithContext(q.Run(), path_ + ": append event");
 }
 
-Result<std::vector<EventRecord>> StateStore::Events(const std::string& job_id) {
+Result<std::vector<EventRecord>> StateStore::Events(const std::string& job_id, int64_t after_id) {
   CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("SELECT id, job_id, at_ms, kind, message FROM events "
-                                         "WHERE job_id=?1 ORDER BY id"));
-  q.Bind(1, job_id);
+                                         "WHERE job_id=?1 AND id>?2 ORDER BY id LIMIT 10000"));
+  q.Bind(1, job_id).Bind(2, after_id);
   std::vector<EventRecord> out;
   for (;;) {
     CAIRN_ASSIGN_OR_RETURN(bool row, WithContext(q.Step(), path_));

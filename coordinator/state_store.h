@@ -74,6 +74,7 @@ class StateStore {
   Status SetJobState(const std::string& job_id, proto::JobState state, const std::string& message,
                      int64_t now_ms);
   Status AddRestart(const std::string& job_id);
+  Status SetRestarts(const std::string& job_id, uint32_t restarts);
   Status SetCheckpointHead(const std::string& job_id, uint64_t step, const std::string& digest_hex);
   // Status with its runs, oldest attempt first.
   Result<proto::JobStatus> GetJob(const std::string& job_id);
@@ -86,6 +87,7 @@ class StateStore {
   Status FinishRun(const std::string& job_id, uint32_t attempt, proto::RunState state,
                    const std::string& failure, int64_t now_ms);
   Result<std::string> RunPlacement(const std::string& job_id, uint32_t attempt);
+  Status SetRunState(const std::string& job_id, uint32_t attempt, proto::RunState state);
 
   // Nodes.
   Status UpsertNode(const NodeRecord& node);
@@ -96,7 +98,7 @@ class StateStore {
   // Events (append-only log per job; job_id may be empty for cluster events).
   Status AppendEvent(const std::string& job_id, const std::string& kind,
                      const std::string& message, int64_t now_ms);
-  Result<std::vector<EventRecord>> Events(const std::string& job_id);
+  Result<std::vector<EventRecord>> Events(const std::string& job_id, int64_t after_id = 0);
 
  private:
   class Stmt;

@@ -42,6 +42,10 @@ void ProgressReporter::Report(uint64_t step, double loss, double samples_per_sec
                       std::chrono::system_clock::now().time_since_epoch())
                       .count());
   msg.set_pid(static_cast<uint32_t>(getpid()));
+  if (ckpt_step_ > 0) {
+    msg.set_ckpt_step(ckpt_step_);
+    msg.set_ckpt_head(ckpt_head_);
+  }
   std::string bytes = msg.SerializeAsString();
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;

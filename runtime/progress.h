@@ -24,6 +24,12 @@ class ProgressReporter {
 
   bool enabled() const { return fd_ >= 0; }
   void Report(uint64_t step, double loss, double samples_per_second);
+  // The newest durable checkpoint (step, manifest digest in hex), carried by every later
+  // report so the orchestrator can hand it to the next attempt (rollback detection).
+  void SetCheckpoint(uint64_t step, std::string head_hex) {
+    ckpt_step_ = step;
+    ckpt_head_ = std::move(head_hex);
+  }
   uint64_t sent() const { return sent_; }
   uint64_t dropped() const { return dropped_; }
 
@@ -34,6 +40,8 @@ class ProgressReporter {
   int fd_ = -1;
   uint64_t sent_ = 0;
   uint64_t dropped_ = 0;
+  uint64_t ckpt_step_ = 0;
+  std::string ckpt_head_;
 };
 
 }  // namespace cairn::rt

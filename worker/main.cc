@@ -1,12 +1,17 @@
-// cairn-agent: one per node; registers the node's resources with cairnd and heartbeats.
+// cairn-agent: one per node; registers the node's resources with cairnd, heartbeats,
+// and starts, supervises and stops the ranks cairnd orders (worker/agent.h).
 //
 //   cairn-agent --state-dir DIR [--node-id ID] [--address A] [--cpus N] [--gpus N]
 //
 // Registers (cores and memory detected, or declared; GPUs counted from /dev/nvidiaN, or
-// declared), then heartbeats at the interval cairnd asks for. When cairnd is gone or has
-// forgotten the node (restart), it reconnects and registers again with backoff (0.2 s
-// doubling to 5 s). SIGTERM/SIGINT end it. Launching and supervising ranks is the next
-// step of this component.
+// declared). Two threads talk to cairnd: the poller sends heartbeats that cairnd holds
+// until the node's orders change (at most one heartbeat interval), so orders arrive at
+// once; the supervisor thread reaps processes, reads progress and, when a process exits,
+// reports at once on its own connection. When cairnd is gone or has forgotten the node
+// (restart), the agent reconnects and registers again with backoff (0.2 s doubling to
+// 5 s); cut off for longer than cairnd's node timeout, it stops its runs (fencing: cairnd
+// has declared the node lost and restarts them elsewhere). SIGTERM/SIGINT stop every run
+// (SIGTERM, 5 s, SIGKILL) and end the agent.
 #include <signal.h>
 #include <unistd.h>
 
@@ -16,10 +21,13 @@
 #include <filesystem>
 #include <thread>
 
+#include <linux/limits.h>
+
 #include "common/app.h"
 #include "common/log.h"
 #include "coordinator/client.h"
 #include "proto/cairn.pb.h"
+#include "worker/agent.h"
 
 namespace {
 
@@ -94,66 +102,121 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
 
+  std::string self(PATH_MAX, '\0');
+  const ssize_t self_len = ::readlink("/proc/self/exe", self.data(), self.size() - 1);
+  self.resize(self_len > 0 ? static_cast<std::size_t>(self_len) : 0);
+  worker::AgentConfig ac;
+  ac.node_id = node_id;
+  ac.state_dir = state_dir;
+  ac.rsh_path = (std::filesystem::path(self).parent_path() / "cairn-rsh").string();
+  ac.progress_path = fmt::format("{}/agents/{}/progress.sock", state_dir, node_id);
+  auto agent_or = worker::Agent::Create(ac);
+  if (!agent_or) return ReportError("cairn-agent", agent_or.error());
+  worker::Agent& agent = **agent_or;
+
   proto::RegisterNodeRequest reg;
   reg.set_node_id(node_id);
   reg.set_hostname(Hostname());
   reg.set_address(address);
   reg.set_agent_version(std::string(Version()));
+  reg.set_incarnation(std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count());
   reg.mutable_resources()->set_cpus(static_cast<uint32_t>(cpus));
   reg.mutable_resources()->set_memory_bytes(mem);
   for (int i = 0; i < gpus; ++i) reg.mutable_resources()->add_gpus()->set_index(static_cast<uint32_t>(i));
 
   auto log = log::Logger("agent");
-  std::unique_ptr<coord::Client> client;
-  auto backoff = std::chrono::milliseconds(200);
-  uint64_t seq = 0;
-  bool registered = false;
-  std::chrono::milliseconds interval(1000);
-  while (!g_stop.load()) {
-    if (!client) {
-      auto c = coord::Client::Connect(state_dir, "agent-" + node_id);
-      if (!c) {
-        log->warn("waiting for cairnd: {}", c.error().ToString());
-        SleepFor(backoff);
-        backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
-        continue;
+  using Clock = std::chrono::steady_clock;
+  std::atomic<int64_t> last_contact_ms{0};  // steady ms of the last answered heartbeat
+  std::atomic<int64_t> node_timeout_ms{5000};
+  std::atomic<bool> connected{false};
+  auto steady_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
+        .count();
+  };
+  last_contact_ms = steady_ms();
+
+  // The poller: register, then long-poll heartbeats that bring the orders.
+  std::thread poller([&] {
+    std::unique_ptr<coord::Client> client;
+    auto backoff = std::chrono::milliseconds(200);
+    bool registered = false;
+    std::chrono::milliseconds interval(1000);
+    while (!g_stop.load()) {
+      if (!client) {
+        auto c = coord::Client::Connect(state_dir, "agent-" + node_id);
+        if (!c) {
+          log->warn("waiting for cairnd: {}", c.error().ToString());
+          SleepFor(backoff);
+          backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+          continue;
+        }
+        client = std::move(*c);
       }
-      client = std::move(*c);
-    }
-    if (!registered) {
-      auto r = client->Call("RegisterNode", reg.SerializeAsString(), std::chrono::seconds(5));
+      if (!registered) {
+        auto r = client->Call("RegisterNode", reg.SerializeAsString(), std::chrono::seconds(5));
+        if (!r) {
+          log->warn("register: {}", r.error().ToString());
+          client.reset();  // re-read the token and address (cairnd may have restarted)
+          SleepFor(backoff);
+          backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+          continue;
+        }
+        proto::RegisterNodeReply reply;
+        reply.ParseFromString(*r);
+        if (reply.heartbeat_interval_ms() > 0) {
+          interval = std::chrono::milliseconds(reply.heartbeat_interval_ms());
+        }
+        if (reply.node_timeout_ms() > 0) {
+          node_timeout_ms = static_cast<int64_t>(reply.node_timeout_ms());
+        }
+        registered = true;
+        backoff = std::chrono::milliseconds(200);
+        log->info("node {} registered: {} CPUs, {} MiB, {} GPUs; heartbeat every {} ms",
+                  node_id, cpus, mem >> 20, gpus, interval.count());
+      }
+      auto hb = agent.Report(static_cast<uint32_t>(interval.count()));
+      auto r = client->Call("Heartbeat", hb.SerializeAsString(), interval * 3);
       if (!r) {
-        log->warn("register: {}", r.error().ToString());
-        client.reset();  // re-read the token and address (cairnd may have restarted)
-        SleepFor(backoff);
-        backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+        connected = false;
+        log->warn("heartbeat: {}", r.error().ToString());
+        registered = false;
+        if (r.error().code() != Code::kFailedPrecondition) client.reset();
+        SleepFor(std::chrono::milliseconds(100));
         continue;
       }
-      proto::RegisterNodeReply reply;
-      reply.ParseFromString(*r);
-      if (reply.heartbeat_interval_ms() > 0) {
-        interval = std::chrono::milliseconds(reply.heartbeat_interval_ms());
+      connected = true;
+      last_contact_ms = steady_ms();
+      proto::HeartbeatReply reply;
+      if (reply.ParseFromString(*r)) agent.ApplyOrders(reply);
+    }
+  });
+
+  // The supervisor (this thread: it owns the processes).
+  std::unique_ptr<coord::Client> reporter;
+  while (!g_stop.load()) {
+    if (agent.Step() && connected.load()) {
+      // Tell cairnd at once (the poller's heartbeat may be held for a second).
+      if (!reporter) {
+        if (auto c = coord::Client::Connect(state_dir, "agent-" + node_id + "-events")) {
+          reporter = std::move(*c);
+        }
       }
-      registered = true;
-      backoff = std::chrono::milliseconds(200);
-      log->info("node {} registered: {} CPUs, {} MiB, {} GPUs; heartbeat every {} ms", node_id,
-                cpus, mem >> 20, gpus, interval.count());
+      if (reporter) {
+        auto hb = agent.Report(0);
+        if (auto r = reporter->Call("Heartbeat", hb.SerializeAsString(),
+                                    std::chrono::milliseconds(500));
+            !r) {
+          reporter.reset();
+        }
+      }
     }
-    proto::HeartbeatRequest hb;
-    hb.set_node_id(node_id);
-    hb.set_sequence(++seq);
-    hb.set_sent_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count());
-    auto r = client->Call("Heartbeat", hb.SerializeAsString(), interval * 3);
-    if (!r) {
-      log->warn("heartbeat: {}", r.error().ToString());
-      registered = false;
-      if (r.error().code() != Code::kFailedPrecondition) client.reset();
-      continue;
-    }
-    SleepFor(interval);
+    if (steady_ms() - last_contact_ms.load() > node_timeout_ms.load()) agent.Fence();
+    agent.WaitForWork(std::chrono::milliseconds(20));
   }
   log->info("node {}: stopping", node_id);
+  poller.join();
+  agent.StopAll(std::chrono::seconds(5));
   return 0;
 }

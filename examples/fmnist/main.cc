@@ -148,6 +148,7 @@ class Trainer {
   rt::Philox aug_rng_;
   TrainState state_;
   rt::ProgressReporter progress_;
+  uint64_t reported_ckpt_step_ = 0;
   uint64_t steps_per_epoch_ = 0;
   uint64_t target_ = 0;
   std::vector<uint32_t> perm_;
@@ -378,6 +379,8 @@ Status Trainer::Resume() {
   }
   last_saved_ = r.step();
   if (comm_->rank() == 0) {
+    reported_ckpt_step_ = r.step();
+    progress_.SetCheckpoint(r.step(), Hex(r.digest()));
     log::Logger("fmnist")->info("resumed from step {} (epoch {}, batch {}) of {}: manifest {}",
                                 r.step(), r.step() / steps_per_epoch_ + 1,
                                 r.step() % steps_per_epoch_, opt_.ckpt_dir, Hex(r.digest()));
@@ -660,6 +663,12 @@ Result<int> Trainer::Run() {
     const auto now = std::chrono::steady_clock::now();
     const double dt = std::chrono::duration<double>(now - t_last).count();
     t_last = now;
+    if (writer_ && comm_->rank() == 0) {
+      if (auto head = writer_->head(); head && head->step != reported_ckpt_step_) {
+        reported_ckpt_step_ = head->step;
+        progress_.SetCheckpoint(head->step, Hex(head->digest));
+      }
+    }
     progress_.Report(state_.step, state_.epoch_loss / static_cast<double>(state_.epoch_steps),
                      dt > 0 ? opt_.batch / dt : 0.0);
     if (state_.step % steps_per_epoch_ == 0) {
@@ -699,6 +708,9 @@ Result<int> Trainer::Run() {
     if (auto head = writer_->head(); head && comm_->rank() == 0) {
       log::Logger("fmnist")->info("checkpoint head: step {} manifest {}", head->step,
                                   Hex(head->digest));
+      // The final head, for the orchestrator (the next attempt must find it).
+      progress_.SetCheckpoint(head->step, Hex(head->digest));
+      progress_.Report(state_.step, 0.0, 0.0);
     }
   }
   CAIRN_RETURN_IF_ERROR(final_save);

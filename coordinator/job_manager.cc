@@ -1,0 +1,677 @@
+#include "coordinator/job_manager.h"
+
+#include <algorithm>
+
+#include "common/log.h"
+
+namespace cairn::coord {
+namespace {
+
+auto Log() { return log::Logger("coordinator"); }
+
+bool FinalJob(proto::JobState s) {
+  return s == proto::JOB_SUCCEEDED || s == proto::JOB_FAILED || s == proto::JOB_CANCELLED;
+}
+
+// "job-000001.3" -> "job-000001"
+std::string JobOfRun(const std::string& run_id) {
+  const auto dot = run_id.rfind('.');
+  return dot == std::string::npos ? std::string() : run_id.substr(0, dot);
+}
+
+std::string PlacementBytes(const Placement& p) {
+  proto::PlacementRecord rec;
+  for (const auto& r : p.ranks) {
+    auto* out = rec.add_ranks();
+    out->set_rank(static_cast<uint32_t>(r.rank));
+    out->set_node_id(r.node_id);
+    for (int g : r.gpus) out->add_gpus(static_cast<uint32_t>(g));
+  }
+  return rec.SerializeAsString();
+}
+
+Result<Placement> PlacementFrom(const std::string& job_id, const std::string& bytes) {
+  proto::PlacementRecord rec;
+  if (!rec.ParseFromString(bytes)) {
+    return MakeError(Code::kDataLoss, "job {}: stored placement does not parse", job_id);
+  }
+  Placement p;
+  p.job_id = job_id;
+  for (const auto& r : rec.ranks()) {
+    RankPlacement rp;
+    rp.rank = static_cast<int>(r.rank());
+    rp.node_id = r.node_id();
+    for (uint32_t g : r.gpus()) rp.gpus.push_back(static_cast<int>(g));
+    p.ranks.push_back(std::move(rp));
+  }
+  return p;
+}
+
+std::vector<std::string> DistinctNodes(const Placement& p) {
+  std::vector<std::string> out;
+  for (const auto& r : p.ranks) {
+    if (std::find(out.begin(), out.end(), r.node_id) == out.end()) out.push_back(r.node_id);
+  }
+  return out;
+}
+
+// A port for the rendezvous of the ranks (MASTER_PORT), fixed per run.
+uint32_t MasterPort(const std::string& run_id) {
+  return 20000 + static_cast<uint32_t>(std::hash<std::string>{}(run_id) % 20000);
+}
+
+std::string Describe(const proto::ProcessStatus& p, const std::string& node) {
+  if (p.signal() != 0) {
+    return fmt::format("{} (pid {}) on {} was killed by signal {}", p.name(), p.pid(), node,
+                       p.signal());
+  }
+  return fmt::format("{} (pid {}) on {} exited with code {}", p.name(), p.pid(), node,
+                     p.exit_code());
+}
+
+}  // namespace
+
+JobRequest RequestOf(const std::string& job_id, const proto::JobSpec& spec) {
+  JobRequest jr;
+  jr.job_id = job_id;
+  jr.user = spec.user();
+  jr.priority = spec.priority();
+  jr.ranks = static_cast<int>(spec.ranks());
+  jr.cpus_per_rank = static_cast<int>(spec.cpus_per_rank());
+  jr.gpus_per_rank = static_cast<int>(spec.gpus_per_rank());
+  jr.nodes = static_cast<int>(spec.nodes());
+  jr.ranks_per_node = static_cast<int>(spec.ranks_per_node());
+  return jr;
+}
+
+JobManager::JobManager(StateStore* store, Scheduler* scheduler, Clock clock, NodeLookup nodes,
+                       JobManagerOptions options)
+    : store_(store),
+      scheduler_(scheduler),
+      clock_(std::move(clock)),
+      node_view_(std::move(nodes)),
+      options_(options) {}
+
+void JobManager::Event(const std::string& job_id, const std::string& kind,
+                       const std::string& message) {
+  if (auto s = store_->AppendEvent(job_id, kind, message, clock_()); !s) {
+    Log()->error("event {} of {}: {}", kind, job_id, s.error().ToString());
+  }
+}
+
+void JobManager::Changed(const Run& run) {
+  ++version_seq_;
+  for (const auto& n : run.nodes) {
+    node_version_[n] = version_seq_;
+    if (orders_changed_) orders_changed_(n);
+  }
+}
+
+uint64_t JobManager::OrdersVersion(const std::string& node_id) const {
+  auto it = node_version_.find(node_id);
+  return it == node_version_.end() ? 0 : it->second;
+}
+
+Status JobManager::Queue(const std::string& job_id, const proto::JobSpec& spec) {
+  return scheduler_->Submit(RequestOf(job_id, spec));
+}
+
+Status JobManager::Recover() {
+  CAIRN_ASSIGN_OR_RETURN(auto jobs, store_->ListJobs(/*include_finished=*/true));
+  const int64_t now = clock_();
+  for (auto& js : jobs) {
+    const proto::RunStatus* last = js.runs().empty() ? nullptr : &js.runs(js.runs_size() - 1);
+    const bool live = last != nullptr && (last->state() == proto::RUN_STARTING ||
+                                          last->state() == proto::RUN_RUNNING);
+    if (live) {
+      auto bytes = store_->RunPlacement(js.job_id(), last->attempt());
+      Result<Placement> placement =
+          bytes ? PlacementFrom(js.job_id(), *bytes) : std::unexpected(bytes.error());
+      Status restored = placement ? scheduler_->Restore(RequestOf(js.job_id(), js.spec()),
+                                                        *placement)
+                                  : Status(std::unexpected(placement.error()));
+      if (restored) {
+        Run r;
+        r.job_id = js.job_id();
+        r.attempt = last->attempt();
+        r.run_id = last->run_id();
+        r.spec = js.spec();
+        r.placement = *placement;
+        r.nodes = DistinctNodes(r.placement);
+        r.expected_head = last->resumed_from_manifest();
+        r.master_port = MasterPort(r.run_id);
+        r.started_ms = now;
+        r.last_progress_ms = now;
+        r.running = last->state() == proto::RUN_RUNNING;
+        if (js.state() == proto::JOB_CANCELLED) {
+          r.stopping = true;
+          r.outcome = proto::RUN_CANCELLED;
+          r.failure = "cancelled";
+          r.stop_grace_ms = static_cast<int64_t>(js.spec().grace_period_ms());
+        }
+        auto& run = runs_[r.job_id] = std::move(r);
+        Changed(run);
+        Log()->info("job {}: took back attempt {} on {} node(s)", run.job_id, run.attempt,
+                    run.nodes.size());
+        continue;
+      }
+      Log()->error("job {}: attempt {}: {}", js.job_id(), last->attempt(),
+                   restored.error().ToString());
+      CAIRN_RETURN_IF_ERROR(store_->FinishRun(js.job_id(), last->attempt(), proto::RUN_FAILED,
+                                              "lost in a coordinator restart: " +
+                                                  restored.error().ToString(),
+                                              now));
+    }
+    if (FinalJob(js.state())) continue;
+    if (js.state() != proto::JOB_PENDING) {
+      CAIRN_RETURN_IF_ERROR(store_->SetJobState(js.job_id(), proto::JOB_PENDING,
+                                                "requeued after a coordinator restart", now));
+    }
+    if (auto q = Queue(js.job_id(), js.spec()); !q) {
+      CAIRN_RETURN_IF_ERROR(store_->SetJobState(js.job_id(), proto::JOB_FAILED,
+                                                q.error().ToString(), now));
+    }
+  }
+  return OkStatus();
+}
+
+void JobManager::Schedule() {
+  const int64_t now = clock_();
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if (it->second.not_before_ms > now) {
+      ++it;
+      continue;
+    }
+    const std::string job_id = it->first;
+    it = waiting_.erase(it);
+    auto js = store_->GetJob(job_id);
+    if (!js) continue;
+    if (auto q = Queue(job_id, js->spec()); !q) {
+      (void)store_->SetJobState(job_id, proto::JOB_FAILED, q.error().ToString(), now);
+      Event(job_id, "failed", q.error().ToString());
+    }
+  }
+  for (const Placement& p : scheduler_->Schedule()) {
+    if (auto s = StartRun(p); !s) {
+      Log()->error("job {}: cannot start: {}", p.job_id, s.error().ToString());
+      scheduler_->Release(p.job_id);
+      (void)store_->SetJobState(p.job_id, proto::JOB_FAILED, s.error().ToString(), now);
+      Event(p.job_id, "failed", s.error().ToString());
+    }
+  }
+}
+
+Status JobManager::StartRun(const Placement& p) {
+  CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(p.job_id));
+  const int64_t now = clock_();
+  Run r;
+  r.job_id = p.job_id;
+  r.spec = js.spec();
+  r.placement = p;
+  r.nodes = DistinctNodes(p);
+  r.expected_head = js.checkpoint_head();
+  std::string where;
+  for (const auto& n : r.nodes) {
+    const auto count = std::count_if(p.ranks.begin(), p.ranks.end(),
+                                     [&](const RankPlacement& rp) { return rp.node_id == n; });
+    where += fmt::format("{}{}({})", where.empty() ? "" : ", ", n, count);
+  }
+  CAIRN_RETURN_IF_ERROR(store_->InTransaction([&]() -> Status {
+    CAIRN_ASSIGN_OR_RETURN(r.attempt, store_->BeginRun(p.job_id, PlacementBytes(p), r.expected_head,
+                                                       js.checkpoint_step(), now));
+    CAIRN_RETURN_IF_ERROR(store_->SetJobState(
+        p.job_id, proto::JOB_RUNNING, fmt::format("attempt {} on {}", r.attempt, where), now));
+    return store_->AppendEvent(
+        p.job_id, "placed",
+        fmt::format("attempt {}: {} rank(s) on {}; {}", r.attempt, p.ranks.size(), where,
+                    js.checkpoint_step() > 0
+                        ? fmt::format("resumes from the checkpoint of step {}", js.checkpoint_step())
+                        : std::string("fresh start unless the job finds a checkpoint")),
+        now);
+  }));
+  r.run_id = fmt::format("{}.{}", p.job_id, r.attempt);
+  r.master_port = MasterPort(r.run_id);
+  r.started_ms = now;
+  r.last_progress_ms = now;
+  Log()->info("job {}: attempt {} placed on {}", p.job_id, r.attempt, where);
+  auto& run = runs_[p.job_id] = std::move(r);
+  Changed(run);
+  return OkStatus();
+}
+
+proto::HeartbeatReply JobManager::OrdersFor(const std::string& node_id) const {
+  proto::HeartbeatReply out;
+  out.set_orders_version(OrdersVersion(node_id));
+  for (const auto& [job_id, run] : runs_) {
+    if (std::find(run.nodes.begin(), run.nodes.end(), node_id) == run.nodes.end()) continue;
+    auto* o = out.add_runs();
+    o->set_run_id(run.run_id);
+    o->set_job_id(run.job_id);
+    o->set_attempt(run.attempt);
+    *o->mutable_spec() = run.spec;
+    o->set_world_size(static_cast<uint32_t>(run.placement.ranks.size()));
+    for (const auto& rp : run.placement.ranks) {
+      if (rp.node_id != node_id) continue;
+      o->add_ranks(static_cast<uint32_t>(rp.rank));
+      std::string gpus;
+      for (int g : rp.gpus) gpus += fmt::format("{}{}", gpus.empty() ? "" : ",", g);
+      o->add_gpus(gpus);
+    }
+    const NodeView head = node_view_(run.nodes.front());
+    o->set_master_addr(head.address);
+    o->set_master_port(run.master_port);
+    o->set_head(run.nodes.front() == node_id);
+    for (const auto& n : run.nodes) {
+      const NodeView v = node_view_(n);
+      auto* h = o->add_hosts();
+      h->set_node_id(n);
+      h->set_address(v.address);
+      h->set_hostname(v.hostname);
+      h->set_slots(static_cast<uint32_t>(
+          std::count_if(run.placement.ranks.begin(), run.placement.ranks.end(),
+                        [&](const RankPlacement& rp) { return rp.node_id == n; })));
+    }
+    o->set_expected_head(run.expected_head);
+    if (auto e = run.execs.find(node_id); e != run.execs.end()) {
+      for (const auto& c : e->second) o->add_execs(c);
+    }
+    o->set_stop(run.stopping);
+    o->set_stop_grace_ms(static_cast<uint64_t>(run.stop_grace_ms));
+  }
+  return out;
+}
+
+void JobManager::OnReport(const proto::HeartbeatRequest& hb) {
+  const int64_t now = clock_();
+  const std::string& node = hb.node_id();
+  std::set<std::string> mentioned;
+  for (const auto& rr : hb.runs()) {
+    auto it = runs_.find(JobOfRun(rr.run_id()));
+    if (it == runs_.end() || it->second.run_id != rr.run_id()) continue;  // an old attempt
+    Run& run = it->second;
+    mentioned.insert(run.job_id);
+    run.reports[node] = rr;
+    for (const auto& p : rr.progress()) {
+      auto& known = run.progress[p.rank()];
+      if (p.unix_ms() > known.unix_ms()) {
+        known = p;
+        run.last_progress_ms = now;
+      }
+      if (p.ckpt_step() > 0 && !p.ckpt_head().empty()) {
+        auto js = store_->GetJob(run.job_id);
+        if (js && p.ckpt_step() > js->checkpoint_step()) {
+          if (auto s = store_->SetCheckpointHead(run.job_id, p.ckpt_step(), p.ckpt_head()); !s) {
+            Log()->error("job {}: checkpoint head: {}", run.job_id, s.error().ToString());
+          }
+        }
+      }
+    }
+  }
+  // A node that no longer mentions a run has nothing of it left.
+  std::vector<std::string> touched(mentioned.begin(), mentioned.end());
+  for (auto& [job_id, run] : runs_) {
+    if (mentioned.contains(job_id)) continue;
+    if (std::find(run.nodes.begin(), run.nodes.end(), node) == run.nodes.end()) continue;
+    if (run.reports.erase(node) > 0 || run.stopping) touched.push_back(job_id);
+  }
+  for (const auto& job_id : touched) {
+    if (auto it = runs_.find(job_id); it != runs_.end()) Evaluate(it->second);
+  }
+}
+
+void JobManager::Evaluate(Run& run) {
+  if (run.stopping) {
+    MaybeFinish(run);
+    return;
+  }
+  const bool mpi = run.spec.launcher() == "mpi";
+  const int expected_primaries = mpi ? 1 : static_cast<int>(run.placement.ranks.size());
+  int done = 0;
+  bool preempted = false, any_running = false;
+  for (const auto& [node, rr] : run.reports) {
+    if (!rr.launch_error().empty()) {
+      Stop(run, proto::RUN_FAILED, fmt::format("{}: cannot launch: {}", node, rr.launch_error()),
+           node, 0);
+      return;
+    }
+    for (const auto& p : rr.processes()) {
+      if (p.running()) {
+        any_running = true;
+        continue;
+      }
+      if (!p.primary()) continue;
+      if (p.signal() != 0 || (p.exit_code() != 0 && p.exit_code() != 75)) {
+        Stop(run, proto::RUN_FAILED, Describe(p, node), node, 0);
+        return;
+      }
+      ++done;
+      preempted = preempted || p.exit_code() == 75;
+    }
+  }
+  if (any_running && !run.running) {
+    run.running = true;
+    if (auto s = store_->SetRunState(run.job_id, run.attempt, proto::RUN_RUNNING); !s) {
+      Log()->error("job {}: {}", run.job_id, s.error().ToString());
+    }
+  }
+  if (done >= expected_primaries) {
+    const int64_t grace = static_cast<int64_t>(run.spec.grace_period_ms());
+    if (preempted) {
+      Stop(run, proto::RUN_PREEMPTED, fmt::format("preempted at step {}", StepOf(run)), "", grace);
+    } else {
+      Stop(run, proto::RUN_SUCCEEDED, "", "", grace);
+    }
+  }
+}
+
+uint64_t JobManager::StepOf(const Run& run) const {
+  uint64_t step = 0;
+  for (const auto& [rank, p] : run.progress) step = std::max(step, p.step());
+  return step;
+}
+
+void JobManager::Stop(Run& run, proto::RunState outcome, std::string why, std::string blame,
+                      int64_t grace_ms) {
+  run.stopping = true;
+  run.outcome = outcome;
+  run.failure = std::move(why);
+  run.blame_node = std::move(blame);
+  run.stop_grace_ms = grace_ms;
+  run.failed_step = StepOf(run);
+  if (outcome == proto::RUN_FAILED) {
+    Log()->warn("job {}: attempt {} failed at step {}: {}", run.job_id, run.attempt,
+                run.failed_step, run.failure);
+    Event(run.job_id, "attempt-failed",
+          fmt::format("attempt {} at step {}: {}", run.attempt, run.failed_step, run.failure));
+  }
+  Changed(run);
+  MaybeFinish(run);
+}
+
+void JobManager::MaybeFinish(Run& run) {
+  for (const auto& n : run.nodes) {
+    if (!node_view_(n).alive) continue;  // lost: its agent stops the run by itself
+    auto r = run.reports.find(n);
+    if (r != run.reports.end() && r->second.active()) return;
+  }
+  const std::string job_id = run.job_id;
+  if (auto s = Finish(run); !s) Log()->error("job {}: {}", job_id, s.error().ToString());
+}
+
+int64_t JobManager::Backoff(uint32_t restarts) const {
+  if (restarts <= 1) return 0;  // the first restart at once
+  int64_t d = options_.restart_backoff_ms;
+  for (uint32_t i = 2; i < restarts && d < options_.max_backoff_ms; ++i) d *= 2;
+  return std::min(d, options_.max_backoff_ms);
+}
+
+Status JobManager::Finish(Run& run) {
+  const int64_t now = clock_();
+  const std::string job_id = run.job_id;
+  const uint64_t step = run.failed_step;
+  // How a failure looks, for "the same failure at the same step again".
+  std::string signature;
+  if (run.outcome == proto::RUN_FAILED) {
+    signature = fmt::format("step {}: {}", step, run.failure);
+    // Names pids and nodes; keep what identifies the error itself.
+    if (auto pos = signature.find(" (pid "); pos != std::string::npos) {
+      auto end = signature.find(')', pos);
+      auto on = signature.find(" on ", end);
+      auto rest = on == std::string::npos ? std::string() : signature.substr(on + 4);
+      auto space = rest.find(' ');
+      signature = signature.substr(0, pos) + (space == std::string::npos ? "" : rest.substr(space));
+    }
+  }
+  std::string final_message;
+  CAIRN_RETURN_IF_ERROR(store_->InTransaction([&]() -> Status {
+    CAIRN_RETURN_IF_ERROR(store_->FinishRun(job_id, run.attempt, run.outcome, run.failure, now));
+    CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(job_id));
+    switch (run.outcome) {
+      case proto::RUN_SUCCEEDED:
+        final_message = fmt::format("succeeded at step {} after {} restart(s)", step, js.restarts());
+        CAIRN_RETURN_IF_ERROR(store_->SetJobState(job_id, proto::JOB_SUCCEEDED, final_message, now));
+        return store_->AppendEvent(job_id, "succeeded", final_message, now);
+      case proto::RUN_PREEMPTED:
+        if (js.state() == proto::JOB_CANCELLED) return OkStatus();
+        CAIRN_RETURN_IF_ERROR(store_->SetJobState(
+            job_id, proto::JOB_PENDING, fmt::format("preempted at step {}; requeued", step), now));
+        CAIRN_RETURN_IF_ERROR(store_->AppendEvent(
+            job_id, "preempted", fmt::format("attempt {} at step {}: requeued", run.attempt, step),
+            now));
+        return Queue(job_id, js.spec());
+      case proto::RUN_CANCELLED:
+        return store_->AppendEvent(job_id, "stopped",
+                                   fmt::format("attempt {}: every process is gone", run.attempt),
+                                   now);
+      default:
+        break;
+    }
+    if (js.state() == proto::JOB_CANCELLED) return OkStatus();
+    std::string why;
+    if (auto prev = last_failure_.find(job_id);
+        prev != last_failure_.end() && prev->second == signature) {
+      why = fmt::format("failed twice in a row at step {} with the same error ({}): not retrying "
+                        "(fix the job, then `cairn resume {}`)",
+                        step, run.failure, job_id);
+    } else if (js.restarts() >= js.spec().max_restarts()) {
+      why = fmt::format("{} (no restarts left: max_restarts {})", run.failure,
+                        js.spec().max_restarts());
+    }
+    if (!why.empty()) {
+      final_message = why;
+      CAIRN_RETURN_IF_ERROR(store_->SetJobState(job_id, proto::JOB_FAILED, why, now));
+      return store_->AppendEvent(job_id, "failed", why, now);
+    }
+    CAIRN_RETURN_IF_ERROR(store_->AddRestart(job_id));
+    const int64_t delay = Backoff(js.restarts() + 1);
+    CAIRN_RETURN_IF_ERROR(store_->SetJobState(
+        job_id, proto::JOB_RESTARTING,
+        fmt::format("restart {} of {} in {} ms: {}", js.restarts() + 1, js.spec().max_restarts(),
+                    delay, run.failure),
+        now));
+    CAIRN_RETURN_IF_ERROR(store_->AppendEvent(
+        job_id, "restarting",
+        fmt::format("restart {} of {} in {} ms, from the checkpoint of step {}", js.restarts() + 1,
+                    js.spec().max_restarts(), delay, js.checkpoint_step()),
+        now));
+    waiting_[job_id] = Waiting{now + delay};
+    return OkStatus();
+  }));
+  if (run.outcome == proto::RUN_FAILED) {
+    last_failure_[job_id] = signature;
+    if (!run.blame_node.empty() &&
+        ++node_failures_[run.blame_node] >= options_.quarantine_after &&
+        !quarantined_.contains(run.blame_node)) {
+      quarantined_.insert(run.blame_node);
+      (void)scheduler_->SetSchedulable(run.blame_node, false);
+      (void)store_->SetNodeHealth(run.blame_node, true, node_failures_[run.blame_node]);
+      Event("", "node-quarantined",
+            fmt::format("{}: {} failed attempts in a row; no new placements until its agent "
+                        "registers again",
+                        run.blame_node, node_failures_[run.blame_node]));
+      Log()->warn("node {} quarantined", run.blame_node);
+    }
+  } else if (run.outcome == proto::RUN_SUCCEEDED) {
+    last_failure_.erase(job_id);
+    for (const auto& n : run.nodes) node_failures_.erase(n);
+  }
+  if (!final_message.empty()) Log()->info("job {}: {}", job_id, final_message);
+  scheduler_->Release(job_id);
+  Run ended = std::move(run);
+  runs_.erase(job_id);
+  Changed(ended);  // the run leaves the nodes' orders
+  Schedule();
+  return OkStatus();
+}
+
+void JobManager::OnNodeLost(const std::string& node_id) {
+  std::vector<std::string> jobs;
+  for (const auto& [job_id, run] : runs_) {
+    if (std::find(run.nodes.begin(), run.nodes.end(), node_id) != run.nodes.end()) {
+      jobs.push_back(job_id);
+    }
+  }
+  for (const auto& job_id : jobs) {
+    auto it = runs_.find(job_id);
+    if (it == runs_.end()) continue;
+    if (it->second.stopping) {
+      MaybeFinish(it->second);
+    } else {
+      Stop(it->second, proto::RUN_FAILED, fmt::format("node {} lost (no heartbeat)", node_id),
+           node_id, 0);
+    }
+  }
+}
+
+void JobManager::RestoreQuarantine(const std::string& node_id, uint32_t failures) {
+  quarantined_.insert(node_id);
+  node_failures_[node_id] = failures;
+  (void)scheduler_->SetSchedulable(node_id, false);
+}
+
+void JobManager::OnNodeRegistered(const std::string& node_id) {
+  node_failures_.erase(node_id);
+  if (quarantined_.erase(node_id) > 0) {
+    (void)store_->SetNodeHealth(node_id, false, 0);
+    Event("", "node-released", node_id + ": registered again, out of quarantine");
+  }
+}
+
+Status JobManager::Exec(const proto::ExecRequest& req) {
+  auto it = runs_.find(JobOfRun(req.run_id()));
+  if (it == runs_.end() || it->second.run_id != req.run_id()) {
+    return MakeError(Code::kNotFound, "run {} is not live", req.run_id());
+  }
+  Run& run = it->second;
+  if (run.stopping) {
+    return MakeError(Code::kFailedPrecondition, "run {} is stopping", req.run_id());
+  }
+  if (std::find(run.nodes.begin(), run.nodes.end(), req.node_id()) == run.nodes.end()) {
+    return MakeError(Code::kInvalidArgument, "run {} has no rank on node {}", req.run_id(),
+                     req.node_id());
+  }
+  if (req.command().empty()) return MakeError(Code::kInvalidArgument, "empty command");
+  auto& cmds = run.execs[req.node_id()];
+  if (std::find(cmds.begin(), cmds.end(), req.command()) != cmds.end()) return OkStatus();
+  cmds.push_back(req.command());
+  ++version_seq_;
+  node_version_[req.node_id()] = version_seq_;
+  if (orders_changed_) orders_changed_(req.node_id());
+  return OkStatus();
+}
+
+Status JobManager::Cancel(const std::string& job_id, const std::string& who) {
+  CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(job_id));
+  if (FinalJob(js.state())) return OkStatus();
+  const int64_t now = clock_();
+  CAIRN_RETURN_IF_ERROR(store_->SetJobState(job_id, proto::JOB_CANCELLED, "cancelled by " + who, now));
+  CAIRN_RETURN_IF_ERROR(store_->AppendEvent(job_id, "cancelled", "by " + who, now));
+  scheduler_->Dequeue(job_id);
+  waiting_.erase(job_id);
+  if (auto it = runs_.find(job_id); it != runs_.end()) {
+    Run& run = it->second;
+    if (!run.stopping) {
+      Stop(run, proto::RUN_CANCELLED, "cancelled by " + who, "",
+           static_cast<int64_t>(run.spec.grace_period_ms()));
+    } else if (run.outcome == proto::RUN_FAILED) {
+      run.outcome = proto::RUN_CANCELLED;  // do not restart it when it is gone
+    }
+  }
+  return OkStatus();
+}
+
+Status JobManager::Resume(const std::string& job_id, const std::string& who) {
+  CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(job_id));
+  if (js.state() != proto::JOB_FAILED && js.state() != proto::JOB_CANCELLED) {
+    return MakeError(Code::kFailedPrecondition, "job {} is {}, not FAILED or CANCELLED", job_id,
+                     proto::JobState_Name(js.state()));
+  }
+  if (runs_.contains(job_id)) {
+    return MakeError(Code::kUnavailable, "job {}: its last attempt is still stopping; retry",
+                     job_id);
+  }
+  const int64_t now = clock_();
+  CAIRN_RETURN_IF_ERROR(store_->SetRestarts(job_id, 0));
+  CAIRN_RETURN_IF_ERROR(store_->SetJobState(
+      job_id, proto::JOB_PENDING,
+      fmt::format("resumed by {} from the checkpoint of step {}", who, js.checkpoint_step()), now));
+  CAIRN_RETURN_IF_ERROR(store_->AppendEvent(job_id, "resumed", "by " + who, now));
+  last_failure_.erase(job_id);
+  return Queue(job_id, js.spec());
+}
+
+void JobManager::Tick() {
+  const int64_t now = clock_();
+  std::vector<std::string> jobs;
+  for (const auto& [job_id, run] : runs_) jobs.push_back(job_id);
+  for (const auto& job_id : jobs) {
+    auto it = runs_.find(job_id);
+    if (it == runs_.end()) continue;
+    Run& run = it->second;
+    if (run.stopping) {
+      MaybeFinish(run);
+      continue;
+    }
+    const int64_t silent = now - run.last_progress_ms;
+    if (silent > static_cast<int64_t>(run.spec.hang_timeout_ms())) {
+      // Blame the node of the rank that reported least recently.
+      std::string blame;
+      int64_t oldest = INT64_MAX;
+      for (const auto& rp : run.placement.ranks) {
+        auto p = run.progress.find(static_cast<uint32_t>(rp.rank));
+        const int64_t at = p == run.progress.end() ? 0 : p->second.unix_ms();
+        if (at < oldest) {
+          oldest = at;
+          blame = rp.node_id;
+        }
+      }
+      Stop(run, proto::RUN_FAILED,
+           fmt::format("no progress for {:.1f} s (hang_timeout {:.1f} s)", silent / 1000.0,
+                       run.spec.hang_timeout_ms() / 1000.0),
+           blame, 0);
+    }
+  }
+  Schedule();
+}
+
+void JobManager::AddLive(proto::JobStatus* js) const {
+  if (auto w = waiting_.find(js->job_id()); w != waiting_.end()) {
+    js->set_next_attempt_unix_ms(w->second.not_before_ms);
+  }
+  auto it = runs_.find(js->job_id());
+  if (it == runs_.end()) return;
+  const Run& run = it->second;
+  double sps = 0;
+  for (const auto& [rank, p] : run.progress) sps += p.samples_per_second();
+  js->set_step(StepOf(run));
+  js->set_samples_per_second(sps);
+  if (auto p0 = run.progress.find(0); p0 != run.progress.end()) js->set_loss(p0->second.loss());
+  for (auto& rs : *js->mutable_runs()) {
+    if (rs.attempt() != run.attempt) continue;
+    for (const auto& n : run.nodes) rs.add_nodes(n);
+    for (const auto& rp : run.placement.ranks) {
+      auto* r = rs.add_ranks();
+      r->set_rank(static_cast<uint32_t>(rp.rank));
+      r->set_node_id(rp.node_id);
+      r->set_state(proto::RANK_LAUNCHING);
+      if (auto p = run.progress.find(static_cast<uint32_t>(rp.rank)); p != run.progress.end()) {
+        r->set_last_step(p->second.step());
+        r->set_last_progress_unix_ms(p->second.unix_ms());
+      }
+      if (auto rep = run.reports.find(rp.node_id); rep != run.reports.end()) {
+        for (const auto& proc : rep->second.processes()) {
+          if (proc.rank() != rp.rank) continue;
+          r->set_state(proc.running() ? proto::RANK_RUNNING : proto::RANK_EXITED);
+          r->set_exit_code(proc.exit_code());
+          r->set_signal(proc.signal());
+        }
+        if (run.spec.launcher() == "mpi" && rep->second.active() &&
+            r->state() == proto::RANK_LAUNCHING) {
+          r->set_state(proto::RANK_RUNNING);  // mpi: ranks are orted's children
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cairn::coord

@@ -1,0 +1,164 @@
+// Runs jobs: queue -> gang placement -> launch orders for the agents -> supervision ->
+// success, or failure handling and an automatic restart from the latest checkpoint.
+//
+// Promise: a job's attempts never overlap: a new attempt is placed only after every
+// process of the previous one is reported gone (or its node is lost and fences itself),
+// so two attempts never write the same checkpoint directory. An attempt ends at the
+// first of: a process exiting non-zero or by a signal (exit 75 of every rank = preempted),
+// a launch error, a node of its gang lost, no progress report within the job's
+// hang_timeout, a cancel; on failure its processes are killed at once, on cancel or
+// preemption they get the job's grace period (SIGTERM first, so ranks can checkpoint).
+// Then the job restarts (failures count against max_restarts, with exponential backoff
+// after the first; preemptions do not count), unless the attempt failed with the same
+// failure at the same step as the one before it: that is the job's own bug and the job
+// FAILS rather than looping. A node on which attempts failed `quarantine_after` times in
+// a row (without a success between) is quarantined: no new placements until its agent
+// registers again. Each attempt is handed the checkpoint head the job reported last
+// (CAIRN_EXPECTED_HEAD), so a rolled-back checkpoint directory is refused.
+//
+// Orders are level-triggered: OrdersFor(node) is the whole set of runs the node must
+// have, with a version that changes whenever the set does. Agents start what is new and
+// stop what is gone, so a lost reply or a restart of either side loses nothing.
+//
+// Run state machine (one attempt; RUN_* in proto/cairn.proto):
+//
+//   STARTING ──first report of a live process──▶ RUNNING ──all primaries exit 0──▶ SUCCEEDED
+//       │                                          │
+//       └──────────────┬───────────────────────────┤
+//                      ▼                           ▼
+//   FAILED (exit!=0, signal, launch error,   PREEMPTED (every primary exited 0 or 75,
+//           node lost, hang)                            some 75) / CANCELLED
+//   An ending run is "stopping" until every node reports its processes gone.
+//
+// Threading: single-threaded; owned by the coordinator's io_context.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "coordinator/scheduler.h"
+#include "coordinator/state_store.h"
+#include "proto/cairn.pb.h"
+
+namespace cairn::coord {
+
+struct JobManagerOptions {
+  int64_t restart_backoff_ms = 1000;   // before the 2nd restart; doubles after each
+  int64_t max_backoff_ms = 60'000;
+  uint32_t quarantine_after = 3;       // failed attempts in a row on one node
+};
+
+// What the manager needs to know of a node it does not own.
+struct NodeView {
+  std::string address;
+  std::string hostname;
+  bool alive = false;
+};
+
+JobRequest RequestOf(const std::string& job_id, const proto::JobSpec& spec);
+
+class JobManager {
+ public:
+  using Clock = std::function<int64_t()>;
+  using NodeLookup = std::function<NodeView(const std::string& node_id)>;
+
+  JobManager(StateStore* store, Scheduler* scheduler, Clock clock, NodeLookup nodes,
+             JobManagerOptions options = {});
+
+  // Called with a node id whenever that node's orders change (wakes its long poll).
+  void set_orders_changed(std::function<void(const std::string&)> fn) {
+    orders_changed_ = std::move(fn);
+  }
+
+  // After a coordinator restart: queues pending jobs, takes back running attempts (their
+  // processes keep running; the agents report them again).
+  Status Recover();
+  // A job just stored as PENDING.
+  Status Queue(const std::string& job_id, const proto::JobSpec& spec);
+  // Inside the caller's transaction: marks the job CANCELLED and stops its attempt.
+  Status Cancel(const std::string& job_id, const std::string& who);
+  // A FAILED or CANCELLED job back to PENDING (its restart count starts over).
+  Status Resume(const std::string& job_id, const std::string& who);
+
+  // An agent's report (any heartbeat).
+  void OnReport(const proto::HeartbeatRequest& report);
+  // A node missed its heartbeats.
+  void OnNodeLost(const std::string& node_id);
+  // A node registered afresh: it leaves quarantine.
+  void OnNodeRegistered(const std::string& node_id);
+  bool Quarantined(const std::string& node_id) const { return quarantined_.contains(node_id); }
+  // cairn-rsh: start `command` on `node` for a live run.
+  Status Exec(const proto::ExecRequest& request);
+
+  uint64_t OrdersVersion(const std::string& node_id) const;
+  proto::HeartbeatReply OrdersFor(const std::string& node_id) const;
+
+  // Backoff expiry, hang detection, placement.
+  void Tick();
+  // Places what fits now (after a submit, a node joining, a run ending).
+  void Schedule();
+  // A node quarantined before a coordinator restart.
+  void RestoreQuarantine(const std::string& node_id, uint32_t failures);
+  // Adds what only memory knows (progress, ranks, next attempt) to a stored status.
+  void AddLive(proto::JobStatus* status) const;
+
+ private:
+  struct Run {
+    std::string job_id;
+    uint32_t attempt = 0;
+    std::string run_id;
+    proto::JobSpec spec;
+    Placement placement;
+    std::vector<std::string> nodes;  // distinct, in rank order
+    std::map<std::string, std::vector<std::string>> execs;
+    std::string expected_head;
+    uint32_t master_port = 0;
+    int64_t started_ms = 0;
+    int64_t last_progress_ms = 0;
+    bool running = false;  // RUN_RUNNING stored
+    std::map<uint32_t, proto::RankProgress> progress;
+    std::map<std::string, proto::RunReport> reports;  // newest per node
+    // Ending: the outcome is decided, processes are being stopped.
+    bool stopping = false;
+    proto::RunState outcome = proto::RUN_STATE_UNSPECIFIED;
+    std::string failure;
+    std::string blame_node;
+    int64_t stop_grace_ms = 0;
+    uint64_t failed_step = 0;
+  };
+  struct Waiting {  // a job between attempts
+    int64_t not_before_ms = 0;
+  };
+
+  Status StartRun(const Placement& placement);
+  void Evaluate(Run& run);
+  void Stop(Run& run, proto::RunState outcome, std::string why, std::string blame,
+            int64_t grace_ms);
+  void MaybeFinish(Run& run);
+  Status Finish(Run& run);
+  void Changed(const Run& run);
+  uint64_t StepOf(const Run& run) const;
+  int64_t Backoff(uint32_t restarts) const;
+  void Event(const std::string& job_id, const std::string& kind, const std::string& message);
+
+  StateStore* store_;
+  Scheduler* scheduler_;
+  Clock clock_;
+  NodeLookup node_view_;
+  JobManagerOptions options_;
+  std::function<void(const std::string&)> orders_changed_;
+
+  std::map<std::string, Run> runs_;             // by job id (one live attempt per job)
+  std::map<std::string, Waiting> waiting_;      // RESTARTING jobs, by job id
+  std::map<std::string, std::string> last_failure_;  // job -> signature of its last failure
+  std::map<std::string, uint64_t> node_version_;
+  std::map<std::string, uint32_t> node_failures_;
+  std::set<std::string> quarantined_;
+  uint64_t version_seq_ = 0;
+};
+
+}  // namespace cairn::coord

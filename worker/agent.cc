@@ -1,0 +1,424 @@
+#include "worker/agent.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+#include "common/log.h"
+
+extern char** environ;
+
+namespace cairn::worker {
+namespace {
+
+namespace fs = std::filesystem;
+auto Log() { return log::Logger("agent"); }
+
+// Variables of an enclosing launcher that must not leak into the ranks we start.
+bool Inherited(std::string_view kv) {
+  static constexpr std::string_view kDrop[] = {
+      "OMPI_COMM_WORLD_", "OMPI_UNIVERSE_SIZE", "PMIX_", "CAIRN_RANK=", "CAIRN_WORLD_SIZE=",
+      "CAIRN_LOCAL_RANK=", "CAIRN_RUN_ID=", "CAIRN_JOB_ID=", "CAIRN_ATTEMPT=",
+      "CAIRN_PROGRESS_SOCKET=", "CAIRN_EXPECTED_HEAD=", "RANK=", "LOCAL_RANK=", "WORLD_SIZE=",
+      "LOCAL_WORLD_SIZE=", "GROUP_RANK=", "MASTER_ADDR=", "MASTER_PORT=", "CUDA_VISIBLE_DEVICES="};
+  for (auto d : kDrop) {
+    if (kv.starts_with(d)) return false;
+  }
+  return true;
+}
+
+void Set(std::vector<std::string>& env, const std::string& k, const std::string& v) {
+  const std::string prefix = k + "=";
+  auto it = std::find_if(env.begin(), env.end(),
+                         [&](const std::string& e) { return e.starts_with(prefix); });
+  if (it != env.end()) {
+    *it = prefix + v;
+  } else {
+    env.push_back(prefix + v);
+  }
+}
+
+bool Has(const std::vector<std::string>& env, const std::string& k) {
+  const std::string prefix = k + "=";
+  return std::any_of(env.begin(), env.end(),
+                     [&](const std::string& e) { return e.starts_with(prefix); });
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Agent>> Agent::Create(AgentConfig config) {
+  CAIRN_ASSIGN_OR_RETURN(auto sup, Supervisor::Create());
+  std::error_code ec;
+  fs::create_directories(fs::path(config.progress_path).parent_path(), ec);
+  fs::remove(config.progress_path, ec);
+  if (config.progress_path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+    return MakeError(Code::kInvalidArgument, "progress socket path too long: {}",
+                     config.progress_path);
+  }
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return MakeError(Code::kInternal, "progress socket: {}", std::strerror(errno));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, config.progress_path.data(), config.progress_path.size());
+  if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return MakeError(Code::kUnavailable, "bind {}: {}", config.progress_path, std::strerror(e));
+  }
+  return std::unique_ptr<Agent>(new Agent(std::move(config), std::move(sup), fd));
+}
+
+Agent::~Agent() {
+  StopAll(std::chrono::milliseconds(0));
+  ::close(progress_fd_);
+  std::error_code ec;
+  fs::remove(config_.progress_path, ec);
+}
+
+proto::HeartbeatRequest Agent::Report(uint32_t wait_ms) {
+  std::lock_guard lock(mu_);
+  proto::HeartbeatRequest hb;
+  hb.set_node_id(config_.node_id);
+  hb.set_sequence(++sequence_);
+  hb.set_sent_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count());
+  hb.set_orders_version(orders_version_);
+  hb.set_wait_ms(wait_ms);
+  for (const auto& [id, run] : runs_) {
+    auto* r = hb.add_runs();
+    r->set_run_id(id);
+    r->set_launch_error(run.launch_error);
+    bool active = !run.started && run.launch_error.empty() && !run.stopping;
+    for (const auto& p : run.procs) {
+      auto* ps = r->add_processes();
+      ps->set_name(p.name);
+      ps->set_pid(p.pid);
+      ps->set_running(p.running);
+      ps->set_exit_code(p.exit_code);
+      ps->set_signal(p.signal);
+      ps->set_primary(p.primary);
+      ps->set_rank(p.rank);
+      active = active || p.running;
+    }
+    // Descendants (Open MPI ranks under an orted, strays) count too: Step() keeps
+    // `killed` false until the whole tree is gone.
+    if (run.stopping && !run.killed) active = true;
+    r->set_active(active);
+    for (const auto& [rank, p] : run.progress) *r->add_progress() = p;
+  }
+  // Runs this agent stopped on its own (fenced) that cairnd still thinks are running.
+  for (const auto& [id, o] : orders_) {
+    if (o.stop() || runs_.contains(id) || !finished_.contains(id)) continue;
+    auto* r = hb.add_runs();
+    r->set_run_id(id);
+    r->set_launch_error("stopped by the agent: no contact with cairnd for longer than the "
+                        "node timeout");
+  }
+  return hb;
+}
+
+void Agent::ApplyOrders(const proto::HeartbeatReply& reply) {
+  std::lock_guard lock(mu_);
+  orders_version_ = reply.orders_version();
+  orders_.clear();
+  for (const auto& o : reply.runs()) orders_[o.run_id()] = o;
+  orders_pending_ = true;
+  fenced_ = false;
+  work_.notify_all();
+}
+
+void Agent::Fence() {
+  std::lock_guard lock(mu_);
+  if (fenced_) return;
+  fenced_ = true;
+  orders_.clear();
+  orders_pending_ = true;
+  if (!runs_.empty()) {
+    Log()->warn("cut off from cairnd: stopping {} run(s) on this node", runs_.size());
+  }
+  work_.notify_all();
+}
+
+void Agent::WaitForWork(std::chrono::milliseconds d) {
+  std::unique_lock lock(mu_);
+  work_.wait_for(lock, d, [&] { return orders_pending_; });
+  orders_pending_ = false;
+}
+
+std::size_t Agent::live_runs() {
+  std::lock_guard lock(mu_);
+  return runs_.size();
+}
+
+std::string Agent::LogDir(const proto::LaunchOrder& o) const {
+  return fmt::format("{}/logs/{}/attempt-{}", config_.state_dir, o.job_id(), o.attempt());
+}
+
+std::vector<std::string> Agent::BaseEnv(const proto::LaunchOrder& o) const {
+  std::vector<std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    if (Inherited(*e)) env.emplace_back(*e);
+  }
+  for (const auto& [k, v] : o.spec().env()) Set(env, k, v);
+  Set(env, "CAIRN_RUN_ID", o.job_id());
+  Set(env, "CAIRN_JOB_ID", o.job_id());
+  Set(env, "CAIRN_ATTEMPT", std::to_string(o.attempt()));
+  Set(env, "CAIRN_STATE_DIR", config_.state_dir);
+  if (!o.expected_head().empty()) Set(env, "CAIRN_EXPECTED_HEAD", o.expected_head());
+  if (!o.spec().checkpoint_dir().empty()) Set(env, "CAIRN_CKPT_DIR", o.spec().checkpoint_dir());
+  if (!Has(env, "OMP_NUM_THREADS")) {
+    Set(env, "OMP_NUM_THREADS", std::to_string(std::max(1u, o.spec().cpus_per_rank())));
+  }
+  return env;
+}
+
+// A new attempt of a job starts only when the old one is gone from this node.
+bool Agent::PreviousAttemptAlive(const LocalRun& run) {
+  for (const auto& [id, other] : runs_) {
+    if (&other == &run || other.order.job_id() != run.order.job_id()) continue;
+    if (other.order.attempt() < run.order.attempt()) return true;
+  }
+  return false;
+}
+
+bool Agent::Start(LocalRun& run) {
+  const auto& o = run.order;
+  run.started = true;
+  const std::string logs = LogDir(o);
+  std::error_code ec;
+  fs::create_directories(logs, ec);
+  std::vector<std::string> env = BaseEnv(o);
+  auto fail = [&](const Error& e) {
+    run.launch_error = e.ToString();
+    Log()->error("run {}: {}", o.run_id(), run.launch_error);
+    return true;
+  };
+  if (o.spec().launcher() == "mpi") {
+    if (!o.head()) return false;  // its daemon comes through an Exec order
+    std::vector<std::string> argv = {"mpirun", "-np", std::to_string(o.world_size()),
+                                     "--oversubscribe", "--bind-to", "none"};
+    if (::geteuid() == 0) argv.push_back("--allow-run-as-root");
+    std::string hosts;
+    std::set<std::string> hostnames, addresses;
+    for (const auto& h : o.hosts()) {
+      hosts += fmt::format("{}{}:{}", hosts.empty() ? "" : ",", h.node_id(), h.slots());
+      hostnames.insert(h.hostname());
+      addresses.insert(h.address());
+    }
+    argv.insert(argv.end(), {"--host", hosts, "--mca", "plm_rsh_agent", config_.rsh_path, "--mca",
+                             "plm_rsh_no_tree_spawn", "1", "--mca", "routed", "direct",
+                             "--output-filename", logs, "--merge-stderr-to-stdout"});
+    // Nodes that share a kernel (one host in several namespaces, or several agents on
+    // one machine) must not use shared memory between "different" nodes.
+    if (hostnames.size() < static_cast<std::size_t>(o.hosts_size()) ||
+        addresses.size() < static_cast<std::size_t>(o.hosts_size())) {
+      argv.insert(argv.end(), {"--mca", "btl", "self,tcp"});
+    }
+    std::vector<std::string> forward = {"CAIRN_RUN_ID", "CAIRN_JOB_ID", "CAIRN_ATTEMPT"};
+    if (!o.expected_head().empty()) forward.push_back("CAIRN_EXPECTED_HEAD");
+    if (!o.spec().checkpoint_dir().empty()) forward.push_back("CAIRN_CKPT_DIR");
+    for (const auto& [k, v] : o.spec().env()) forward.push_back(k);
+    for (const auto& k : forward) argv.insert(argv.end(), {"-x", k});
+    argv.insert(argv.end(), o.spec().command().begin(), o.spec().command().end());
+    Set(env, "CAIRN_RSH_RUN", o.run_id());
+    Set(env, "OMPI_MCA_orte_tmpdir_base",
+        fmt::format("{}/agents/{}/tmp", config_.state_dir, config_.node_id));
+    fs::create_directories(fmt::format("{}/agents/{}/tmp", config_.state_dir, config_.node_id), ec);
+    ProcessSpec spec{argv, env, o.spec().workdir(), logs + "/mpirun.log", o.run_id()};
+    auto pid = sup_->Spawn(spec);
+    if (!pid) return fail(pid.error());
+    run.procs.push_back(Proc{*pid, "mpirun", -1, true});
+    Log()->info("run {}: mpirun (pid {}) for {} ranks on {}", o.run_id(), *pid, o.world_size(),
+                hosts);
+    return true;
+  }
+  int group_rank = 0;
+  for (int i = 0; i < o.hosts_size(); ++i) {
+    if (o.hosts(i).node_id() == config_.node_id) group_rank = i;
+  }
+  Set(env, "WORLD_SIZE", std::to_string(o.world_size()));
+  Set(env, "CAIRN_WORLD_SIZE", std::to_string(o.world_size()));
+  Set(env, "LOCAL_WORLD_SIZE", std::to_string(o.ranks_size()));
+  Set(env, "GROUP_RANK", std::to_string(group_rank));
+  Set(env, "MASTER_ADDR", o.master_addr());
+  Set(env, "MASTER_PORT", std::to_string(o.master_port()));
+  Set(env, "CAIRN_PROGRESS_SOCKET", config_.progress_path);
+  for (int i = 0; i < o.ranks_size(); ++i) {
+    std::vector<std::string> e = env;
+    const std::string rank = std::to_string(o.ranks(i));
+    Set(e, "RANK", rank);
+    Set(e, "CAIRN_RANK", rank);
+    Set(e, "LOCAL_RANK", std::to_string(i));
+    Set(e, "CAIRN_LOCAL_RANK", std::to_string(i));
+    if (i < o.gpus_size() && !o.gpus(i).empty()) Set(e, "CUDA_VISIBLE_DEVICES", o.gpus(i));
+    std::vector<std::string> argv(o.spec().command().begin(), o.spec().command().end());
+    ProcessSpec spec{argv, e, o.spec().workdir(), fmt::format("{}/rank-{}.log", logs, rank),
+                     o.run_id()};
+    auto pid = sup_->Spawn(spec);
+    if (!pid) {
+      // The ranks already started are stopped with the run.
+      return fail(pid.error());
+    }
+    run.procs.push_back(Proc{*pid, "rank " + rank, static_cast<int>(o.ranks(i)), true});
+  }
+  Log()->info("run {}: started ranks {}..{} of {}", o.run_id(), o.ranks(0),
+              o.ranks(o.ranks_size() - 1), o.world_size());
+  return true;
+}
+
+bool Agent::StartExecs(LocalRun& run) {
+  bool changed = false;
+  const auto& o = run.order;
+  for (const auto& cmd : o.execs()) {
+    if (!run.execs_started.insert(cmd).second) continue;
+    std::vector<std::string> env = BaseEnv(o);
+    Set(env, "CAIRN_PROGRESS_SOCKET", config_.progress_path);
+    const std::string tmp = fmt::format("{}/agents/{}/tmp", config_.state_dir, config_.node_id);
+    std::error_code ec;
+    fs::create_directories(tmp, ec);
+    Set(env, "OMPI_MCA_orte_tmpdir_base", tmp);
+    ProcessSpec spec{{"/bin/sh", "-c", cmd}, env, "",
+                     fmt::format("{}/orted-{}.log", LogDir(o), config_.node_id), o.run_id()};
+    auto pid = sup_->Spawn(spec);
+    if (!pid) {
+      run.launch_error = pid.error().ToString();
+      Log()->error("run {}: daemon: {}", o.run_id(), run.launch_error);
+    } else {
+      run.procs.push_back(Proc{*pid, "orted", -1, false});
+      Log()->info("run {}: Open MPI daemon (pid {})", o.run_id(), *pid);
+    }
+    changed = true;
+  }
+  return changed;
+}
+
+void Agent::BeginStop(LocalRun& run, int64_t grace_ms) {
+  if (run.stopping) return;
+  run.stopping = true;
+  run.kill_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(grace_ms);
+  if (grace_ms > 0) sup_->Terminate(run.order.run_id());
+  Log()->info("run {}: stopping ({} ms grace)", run.order.run_id(), grace_ms);
+}
+
+void Agent::ReadProgress() {
+  char buf[2048];
+  for (int i = 0; i < 10'000; ++i) {
+    const ssize_t n = ::recv(progress_fd_, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n <= 0) break;
+    proto::RankProgress p;
+    if (!p.ParseFromArray(buf, static_cast<int>(n))) continue;
+    // CAIRN_RUN_ID is the job id; the live attempt of that job takes the report.
+    for (auto& [id, run] : runs_) {
+      if (run.order.job_id() == p.run_id() && !run.stopping) {
+        run.progress[p.rank()] = p;
+        break;
+      }
+    }
+  }
+}
+
+bool Agent::Step() {
+  std::lock_guard lock(mu_);
+  bool changed = false;
+  for (const ExitInfo& e : sup_->Reap()) {
+    auto it = runs_.find(e.group);
+    if (it == runs_.end()) continue;
+    for (auto& p : it->second.procs) {
+      if (p.pid == e.pid && p.running) {
+        p.running = false;
+        p.exit_code = e.exit_code;
+        p.signal = e.signal;
+        changed = true;
+        Log()->info("run {}: {} (pid {}) {} {}", e.group, p.name, p.pid,
+                    e.signal != 0 ? "killed by signal" : "exited with code",
+                    e.signal != 0 ? e.signal : e.exit_code);
+      }
+    }
+  }
+  ReadProgress();
+  // New and changed orders.
+  for (const auto& [id, o] : orders_) {
+    if (finished_.contains(id)) continue;
+    auto it = runs_.find(id);
+    if (it == runs_.end()) {
+      if (o.stop()) continue;  // ended before it started here
+      LocalRun run;
+      run.order = o;
+      it = runs_.emplace(id, std::move(run)).first;
+    }
+    LocalRun& run = it->second;
+    run.in_orders = true;
+    run.order = o;
+    if (o.stop()) {
+      BeginStop(run, static_cast<int64_t>(o.stop_grace_ms()));
+      continue;
+    }
+    if (!run.started && !run.stopping) {
+      if (PreviousAttemptAlive(run)) continue;
+      changed = Start(run) || changed;
+    }
+    if (run.started && run.launch_error.empty()) changed = StartExecs(run) || changed;
+  }
+  // Runs no longer ordered: stop at once.
+  for (auto& [id, run] : runs_) {
+    if (!orders_.contains(id)) {
+      run.in_orders = false;
+      BeginStop(run, 0);
+    }
+  }
+  // Stopping runs: kill after the grace; forget once nothing is left and cairnd knows.
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = runs_.begin(); it != runs_.end();) {
+    LocalRun& run = it->second;
+    if (run.stopping && !run.killed) {
+      const bool alive = sup_->Alive(run.order.run_id());
+      if (!alive || now >= run.kill_at) {
+        if (alive) {
+          if (auto k = sup_->Kill(run.order.run_id(), std::chrono::seconds(5)); !k) {
+            Log()->error("run {}: {}", run.order.run_id(), k.error().ToString());
+          }
+        }
+        for (const ExitInfo& e : sup_->Reap()) {
+          for (auto& p : run.procs) {
+            if (p.pid == e.pid && p.running) {
+              p.running = false;
+              p.exit_code = e.exit_code;
+              p.signal = e.signal;
+            }
+          }
+        }
+        if (!sup_->Alive(run.order.run_id())) {
+          run.killed = true;
+          for (auto& p : run.procs) p.running = false;
+          changed = true;
+          Log()->info("run {}: stopped, no process left", run.order.run_id());
+        }
+      }
+    }
+    if (run.killed && !run.in_orders) {
+      finished_.insert(it->first);
+      it = runs_.erase(it);
+      changed = true;
+    } else {
+      ++it;
+    }
+  }
+  // Bound the memory of finished runs (a run id never comes back after minutes).
+  while (finished_.size() > 4096) finished_.erase(finished_.begin());
+  return changed;
+}
+
+void Agent::StopAll(std::chrono::milliseconds grace) {
+  std::lock_guard lock(mu_);
+  for (auto& [id, run] : runs_) {
+    if (auto s = sup_->Stop(id, grace); !s) Log()->error("run {}: {}", id, s.error().ToString());
+  }
+  runs_.clear();
+}
+
+}  // namespace cairn::worker
