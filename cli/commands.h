@@ -20,6 +20,8 @@ void RegisterConfigCommands(CLI::App& app, Context* ctx);
 void RegisterCheckpointCommands(CLI::App& app, Context* ctx);
 // `cairn submit|status|cancel|nodes`
 void RegisterJobCommands(CLI::App& app, Context* ctx);
+// `cairn wait|logs|events|resume`
+void RegisterRunCommands(CLI::App& app, Context* ctx);
 // `cairn up|down` (a local cluster in the background)
 void RegisterClusterCommands(CLI::App& app, Context* ctx);
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <ctime>
 #include <memory>
+#include <thread>
 
 #include "cli/commands.h"
 #include "common/yaml.h"
@@ -26,6 +27,7 @@ struct JobFlags {
   std::string job_id;
   bool json = false;
   bool all = false;
+  bool wait = true;
 };
 
 std::string_view StateName(proto::JobState s) {
@@ -131,13 +133,29 @@ std::string ToJson(const google::protobuf::Message& m) {
 }
 
 void PrintJobs(const std::vector<proto::JobStatus>& jobs) {
-  std::printf("%-12s %-11s %5s %8s %10s  %s\n", "JOB", "STATE", "RANKS", "RESTARTS", "CKPT_STEP",
-              "NAME / COMMAND");
+  std::printf("%-12s %-11s %5s %8s %8s %10s  %s\n", "JOB", "STATE", "RANKS", "RESTARTS", "STEP",
+              "CKPT_STEP", "NAME / COMMAND");
   for (const auto& j : jobs) {
     std::string what = j.spec().name().empty() ? j.spec().command(0) : j.spec().name();
-    std::printf("%-12s %-11s %5u %8u %10llu  %s\n", j.job_id().c_str(),
+    std::printf("%-12s %-11s %5u %8u %8llu %10llu  %s\n", j.job_id().c_str(),
                 std::string(StateName(j.state())).c_str(), j.spec().ranks(), j.restarts(),
+                static_cast<unsigned long long>(j.step()),
                 static_cast<unsigned long long>(j.checkpoint_step()), what.c_str());
+  }
+  if (jobs.size() == 1) {
+    const auto& j = jobs[0];
+    if (!j.message().empty()) std::printf("  %s\n", j.message().c_str());
+    for (const auto& r : j.runs()) {
+      std::string nodes;
+      for (const auto& n : r.nodes()) nodes += (nodes.empty() ? "" : ",") + n;
+      std::printf("  attempt %u  %-14s%s%s%s\n", r.attempt(),
+                  proto::RunState_Name(r.state()).substr(4).c_str(),
+                  nodes.empty() ? "" : ("on " + nodes + "  ").c_str(),
+                  r.resumed_from_step() > 0
+                      ? fmt::format("resumed from step {}  ", r.resumed_from_step()).c_str()
+                      : "",
+                  r.failure().c_str());
+    }
   }
 }
 
@@ -258,6 +276,7 @@ void RegisterJobCommands(CLI::App& app, Context* ctx) {
   auto* cancel = app.add_subcommand("cancel", "Cancel a job (its ranks are torn down)");
   state_dir(cancel);
   cancel->add_option("job", f->job_id, "Job id")->required();
+  cancel->add_flag("!--no-wait", f->wait, "Return without waiting for the processes to stop");
   cancel->callback([ctx, f] {
     Run(ctx, [&]() -> Status {
       CAIRN_ASSIGN_OR_RETURN(auto client, coord::Client::Connect(coord::DefaultStateDir(f->state_dir)));
@@ -266,8 +285,26 @@ void RegisterJobCommands(CLI::App& app, Context* ctx) {
       CAIRN_ASSIGN_OR_RETURN(auto bytes, client->Call("CancelJob", req.SerializeAsString()));
       proto::CancelJobReply reply;
       if (!reply.ParseFromString(bytes)) return MakeError(Code::kInternal, "bad reply");
-      std::printf("%s %s\n", reply.job().job_id().c_str(),
-                  std::string(StateName(reply.job().state())).c_str());
+      proto::JobStatus js = reply.job();
+      // Return once every process of the job is gone (its grace period, then SIGKILL).
+      const auto deadline = std::chrono::steady_clock::now() +
+                            std::chrono::milliseconds(js.spec().grace_period_ms()) +
+                            std::chrono::seconds(30);
+      while (f->wait && !js.runs().empty() &&
+             (js.runs(js.runs_size() - 1).state() == proto::RUN_STARTING ||
+              js.runs(js.runs_size() - 1).state() == proto::RUN_RUNNING)) {
+        if (std::chrono::steady_clock::now() >= deadline) {
+          return MakeError(Code::kDeadlineExceeded,
+                           "job {} is cancelled but its processes are not all gone yet",
+                           f->job_id);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        proto::GetJobRequest g;
+        g.set_job_id(f->job_id);
+        CAIRN_ASSIGN_OR_RETURN(auto b, client->Call("GetJob", g.SerializeAsString()));
+        if (!js.ParseFromString(b)) return MakeError(Code::kInternal, "bad reply");
+      }
+      std::printf("%s %s\n", js.job_id().c_str(), std::string(StateName(js.state())).c_str());
       return OkStatus();
     });
   });

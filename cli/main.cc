@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   cairn::cli::RegisterConfigCommands(app, &ctx);
   cairn::cli::RegisterCheckpointCommands(app, &ctx);
   cairn::cli::RegisterJobCommands(app, &ctx);
+  cairn::cli::RegisterRunCommands(app, &ctx);
   cairn::cli::RegisterClusterCommands(app, &ctx);
 
   // Name an unknown command instead of CLI11's generic "A subcommand is required".
