@@ -3,7 +3,8 @@
 //
 // up: starts cairnd and the agents as daemons of their own sessions (logs in the state
 // directory), records their pids in STATE/cluster.pids, and returns once every agent's
-// node is alive. down: SIGTERM to each recorded process that is still the one recorded
+// node is alive. On a cluster that is up, restarts whichever of its daemons died (e.g.
+// cairnd after a crash: running jobs continue). down: SIGTERM to each recorded process that is still the one recorded
 // (its command line names the state directory), SIGKILL after 5 s, then checks that none
 // is left.
 #include <fcntl.h>
@@ -11,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -116,13 +118,51 @@ Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::str
   if (agents < 0 || agents > 64) return MakeError(Code::kInvalidArgument, "--agents must be 0..64");
   CAIRN_RETURN_IF_ERROR(io::CreateDirs(io::DefaultFileSystem(), dir, 0700));
   const std::string pids_file = io::JoinPath(dir, "cluster.pids");
-  for (pid_t p : ReadPids(pids_file)) {
-    if (IsOurs(p, dir)) {
-      return MakeError(Code::kFailedPrecondition,
-                       "a cluster is already up at {} (pid {}); `cairn down` first", dir, p);
-    }
-  }
   const std::string bin = SelfDir();
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  auto agent_argv = [&](int i) {
+    return std::vector<std::string>{bin + "/cairn-agent", "--state-dir", dir, "--node-id",
+                                    fmt::format("{}-a{}", host, i), "--cpus",
+                                    std::to_string(cpus_per_agent)};
+  };
+  const std::vector<pid_t> old = ReadPids(pids_file);
+  if (std::any_of(old.begin(), old.end(), [&](pid_t p) { return IsOurs(p, dir); })) {
+    // Up already: restart what died (cairnd first: line 1; agent i: line i + 2). Jobs
+    // keep running: the agents reconnect to the new cairnd.
+    std::vector<pid_t> now = old;
+    std::vector<std::string> restarted;
+    for (std::size_t i = 0; i < now.size(); ++i) {
+      if (IsOurs(now[i], dir)) continue;
+      if (i == 0) {
+        std::error_code rm;
+        std::filesystem::remove(io::JoinPath(dir, "cairnd.addr"), rm);
+      }
+      auto pid = i == 0 ? Daemon({bin + "/cairnd", "--state-dir", dir, "--node-timeout",
+                                  node_timeout},
+                                 io::JoinPath(dir, "cairnd.log"))
+                        : Daemon(agent_argv(static_cast<int>(i - 1)),
+                                 io::JoinPath(dir, fmt::format("agent-{}.log", i - 1)));
+      if (!pid) return std::unexpected(pid.error());
+      now[i] = *pid;
+      restarted.push_back(i == 0 ? fmt::format("cairnd (pid {})", *pid)
+                                 : fmt::format("agent {} (pid {})", i - 1, *pid));
+    }
+    if (restarted.empty()) {
+      return MakeError(Code::kFailedPrecondition,
+                       "a cluster is already up at {} (pid {}); `cairn down` first", dir, old[0]);
+    }
+    std::ostringstream s;
+    for (pid_t p : now) s << p << "\n";
+    CAIRN_RETURN_IF_ERROR(io::WriteFileAtomic(io::DefaultFileSystem(), pids_file, s.str(), 0600));
+    for (int i = 0; i < 200 && !std::filesystem::exists(io::JoinPath(dir, "cairnd.addr")); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::string what;
+    for (const auto& r : restarted) what += (what.empty() ? "" : ", ") + r;
+    std::printf("cluster at %s: restarted %s\n", dir.c_str(), what.c_str());
+    return OkStatus();
+  }
   std::vector<pid_t> pids;
   auto record = [&] {
     std::ostringstream s;
@@ -153,13 +193,8 @@ Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::str
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  char host[256] = {};
-  ::gethostname(host, sizeof(host) - 1);
   for (int i = 0; i < agents; ++i) {
-    const std::string id = fmt::format("{}-a{}", host, i);
-    auto pid = Daemon({bin + "/cairn-agent", "--state-dir", dir, "--node-id", id, "--cpus",
-                       std::to_string(cpus_per_agent)},
-                      io::JoinPath(dir, fmt::format("agent-{}.log", i)));
+    auto pid = Daemon(agent_argv(i), io::JoinPath(dir, fmt::format("agent-{}.log", i)));
     if (!pid) return fail(pid.error());
     pids.push_back(*pid);
     if (auto r = record(); !r) return fail(r.error());

@@ -339,11 +339,13 @@ void JobManager::Evaluate(Run& run) {
         any_running = true;
         continue;
       }
-      if (!p.primary()) continue;
       if (p.signal() != 0 || (p.exit_code() != 0 && p.exit_code() != 75)) {
+        // Any process failing ends the attempt (a crashed Open MPI daemon too: mpirun
+        // may wait for it forever).
         Stop(run, proto::RUN_FAILED, Describe(p, node), node, 0);
         return;
       }
+      if (!p.primary()) continue;
       ++done;
       preempted = preempted || p.exit_code() == 75;
     }

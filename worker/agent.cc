@@ -48,6 +48,34 @@ bool Has(const std::vector<std::string>& env, const std::string& k) {
                      [&](const std::string& e) { return e.starts_with(prefix); });
 }
 
+// Nodes of the gang that share a kernel (one host in several network namespaces, or
+// several agents on one machine) look like different hosts to Open MPI but are not.
+bool SharedHost(const proto::LaunchOrder& o) {
+  std::set<std::string> hostnames, addresses;
+  for (const auto& h : o.hosts()) {
+    hostnames.insert(h.hostname());
+    addresses.insert(h.address());
+  }
+  const auto n = static_cast<std::size_t>(o.hosts_size());
+  return hostnames.size() < n || addresses.size() < n;
+}
+
+// Open MPI settings for the daemon or mpirun of one node; `who` names its session dir.
+void SetOpenMpiEnv(std::vector<std::string>& env, const proto::LaunchOrder& o,
+                   const std::string& state_dir, const std::string& who) {
+  const std::string tmp = fmt::format("{}/agents/{}/tmp", state_dir, who);
+  std::error_code ec;
+  fs::create_directories(tmp, ec);
+  Set(env, "OMPI_MCA_orte_tmpdir_base", tmp);
+  if (SharedHost(o)) {
+    // Daemons of "different nodes" on one kernel collide in shared memory: the hwloc
+    // topology segment, PMIx's shared-memory store, and the vader transport.
+    Set(env, "OMPI_MCA_rtc", "^hwloc");
+    Set(env, "PMIX_MCA_gds", "hash");
+    Set(env, "OMPI_MCA_btl", "self,tcp");
+  }
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Agent>> Agent::Create(AgentConfig config) {
@@ -204,21 +232,12 @@ bool Agent::Start(LocalRun& run) {
                                      "--oversubscribe", "--bind-to", "none"};
     if (::geteuid() == 0) argv.push_back("--allow-run-as-root");
     std::string hosts;
-    std::set<std::string> hostnames, addresses;
     for (const auto& h : o.hosts()) {
       hosts += fmt::format("{}{}:{}", hosts.empty() ? "" : ",", h.node_id(), h.slots());
-      hostnames.insert(h.hostname());
-      addresses.insert(h.address());
     }
     argv.insert(argv.end(), {"--host", hosts, "--mca", "plm_rsh_agent", config_.rsh_path, "--mca",
                              "plm_rsh_no_tree_spawn", "1", "--mca", "routed", "direct",
                              "--output-filename", logs, "--merge-stderr-to-stdout"});
-    // Nodes that share a kernel (one host in several namespaces, or several agents on
-    // one machine) must not use shared memory between "different" nodes.
-    if (hostnames.size() < static_cast<std::size_t>(o.hosts_size()) ||
-        addresses.size() < static_cast<std::size_t>(o.hosts_size())) {
-      argv.insert(argv.end(), {"--mca", "btl", "self,tcp"});
-    }
     std::vector<std::string> forward = {"CAIRN_RUN_ID", "CAIRN_JOB_ID", "CAIRN_ATTEMPT"};
     if (!o.expected_head().empty()) forward.push_back("CAIRN_EXPECTED_HEAD");
     if (!o.spec().checkpoint_dir().empty()) forward.push_back("CAIRN_CKPT_DIR");
@@ -226,9 +245,7 @@ bool Agent::Start(LocalRun& run) {
     for (const auto& k : forward) argv.insert(argv.end(), {"-x", k});
     argv.insert(argv.end(), o.spec().command().begin(), o.spec().command().end());
     Set(env, "CAIRN_RSH_RUN", o.run_id());
-    Set(env, "OMPI_MCA_orte_tmpdir_base",
-        fmt::format("{}/agents/{}/tmp", config_.state_dir, config_.node_id));
-    fs::create_directories(fmt::format("{}/agents/{}/tmp", config_.state_dir, config_.node_id), ec);
+    SetOpenMpiEnv(env, o, config_.state_dir, config_.node_id + "/mpirun");
     ProcessSpec spec{argv, env, o.spec().workdir(), logs + "/mpirun.log", o.run_id()};
     auto pid = sup_->Spawn(spec);
     if (!pid) return fail(pid.error());
@@ -278,10 +295,7 @@ bool Agent::StartExecs(LocalRun& run) {
     if (!run.execs_started.insert(cmd).second) continue;
     std::vector<std::string> env = BaseEnv(o);
     Set(env, "CAIRN_PROGRESS_SOCKET", config_.progress_path);
-    const std::string tmp = fmt::format("{}/agents/{}/tmp", config_.state_dir, config_.node_id);
-    std::error_code ec;
-    fs::create_directories(tmp, ec);
-    Set(env, "OMPI_MCA_orte_tmpdir_base", tmp);
+    SetOpenMpiEnv(env, o, config_.state_dir, config_.node_id);
     ProcessSpec spec{{"/bin/sh", "-c", cmd}, env, "",
                      fmt::format("{}/orted-{}.log", LogDir(o), config_.node_id), o.run_id()};
     auto pid = sup_->Spawn(spec);

@@ -4,8 +4,10 @@
 //
 // Instead of logging in to NODE, asks cairnd to have NODE's agent run COMMAND (an Open
 // MPI daemon) for the run in CAIRN_RSH_RUN, so the daemon and the ranks under it are
-// supervised and stopped by that agent like any rank. Exits 0 once the order is placed;
-// the daemon reports back to mpirun by itself. Needs CAIRN_STATE_DIR and CAIRN_RSH_RUN
+// supervised and stopped by that agent like any rank. mpirun asks a remote shell it does
+// not know for a daemon that detaches itself (--daemonize); cairn-rsh drops that flag, so
+// the daemon stays a child of its agent. Exits 0 once the order is placed; the daemon
+// reports back to mpirun by itself. Needs CAIRN_STATE_DIR and CAIRN_RSH_RUN
 // (the agent that runs mpirun sets both).
 #include <cstdio>
 #include <cstdlib>
@@ -34,8 +36,14 @@ int main(int argc, char** argv) {
   req.set_node_id(argv[i]);
   std::string cmd;
   for (int k = i + 1; k < argc; ++k) {
+    // The command comes as one string (or several words) for a shell; drop --daemonize.
+    std::string word = argv[k];
+    for (auto pos = word.find("--daemonize"); pos != std::string::npos;
+         pos = word.find("--daemonize")) {
+      word.erase(pos, std::string_view("--daemonize").size());
+    }
     if (!cmd.empty()) cmd += ' ';
-    cmd += argv[k];
+    cmd += word;
   }
   req.set_command(cmd);
   auto client = coord::Client::Connect(coord::DefaultStateDir(""), std::string("rsh-") + run);

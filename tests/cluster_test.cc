@@ -1,0 +1,280 @@
+// End to end on a local cluster (`cairn up`: cairnd + 2 agents on this machine): the
+// Fashion-MNIST job with 4 ranks over both agents (launcher mpi) survives a SIGKILLed
+// rank, a hung (SIGSTOPped) rank and a kill -9 of cairnd, each time finishing with the
+// weights of an uninterrupted run; a cancel leaves no process behind; a job whose rank
+// fails the same way twice is not retried forever. After every test (also a failed one)
+// the cluster is taken down and no process of it may be left.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "tests/process_util.h"
+
+namespace cairn {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::CommandResult;
+using testing::RunCommand;
+
+constexpr int kSteps = 240;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Pids of live processes whose command line or environment contains `needle`.
+std::vector<pid_t> ProcessesMentioning(const std::string& needle) {
+  std::vector<pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = std::stoi(name);
+    if (pid == ::getpid()) continue;
+    std::string cmd = ReadFile(e.path() / "cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    const std::string stat = ReadFile(e.path() / "stat");
+    const auto close = stat.rfind(')');
+    if (close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z') continue;
+    if (cmd.find(needle) != std::string::npos ||
+        ReadFile(e.path() / "environ").find(needle) != std::string::npos) {
+      out.push_back(pid);
+    }
+  }
+  return out;
+}
+
+// The pid of the training process with MPI rank `rank` whose command line has `needle`.
+pid_t RankPid(const std::string& needle, int rank) {
+  for (pid_t pid : ProcessesMentioning(needle)) {
+    std::string env = ReadFile(fmt::format("/proc/{}/environ", pid));
+    std::replace(env.begin(), env.end(), '\0', '\n');
+    if (env.find(fmt::format("\nOMPI_COMM_WORLD_RANK={}\n", rank)) != std::string::npos &&
+        ReadFile(fmt::format("/proc/{}/comm", pid)).starts_with("cairn-fmnist")) {
+      return pid;
+    }
+  }
+  return -1;
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / fmt::format("cairn_cluster_{}_{}", ::getpid(), counter_++);
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    key_ = (dir_ / "key").string();
+    {
+      std::ofstream k(key_);
+      k << "8f3a1c5e7b9d2f4a6c8e0b1d3f5a7c9e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f2a\n";
+    }
+    fs::permissions(key_, fs::perms::owner_read | fs::perms::owner_write);
+    auto up = Cli({"up", "--agents", "2", "--cpus-per-agent", "2", "--node-timeout", "3s"});
+    ASSERT_EQ(up.exit_code, 0) << up.output;
+  }
+
+  void TearDown() override {
+    auto down = Cli({"down"});
+    EXPECT_EQ(down.exit_code, 0) << down.output;
+    // Nothing of the cluster or its jobs may be left, also after a failed test.
+    auto left = ProcessesMentioning(dir_.string());
+    for (int i = 0; i < 50 && !left.empty(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      left = ProcessesMentioning(dir_.string());
+    }
+    EXPECT_TRUE(left.empty()) << left.size() << " process(es) left, first pid " << left[0];
+    for (pid_t p : left) ::kill(p, SIGKILL);
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  CommandResult Cli(std::vector<std::string> args,
+                    std::chrono::seconds timeout = std::chrono::seconds(120)) {
+    // After the subcommand: everything after a "--" belongs to the job's command.
+    args.insert(args.begin() + 1, {"--state-dir", dir_.string()});
+    args.insert(args.begin(), testing::BinDir() + "/cairn");
+    return RunCommand(args, {{"PATH", testing::BinDir() + ":" + std::getenv("PATH")}}, timeout);
+  }
+
+  // Submits the Fashion-MNIST job, checkpointing into dir_/name; returns the job id.
+  std::string SubmitFmnist(const std::string& name, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"submit", "--ranks", "4", "--launcher", "mpi", "--name",
+                                     name, "--max-restarts", "3", "--grace-period", "5s"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const std::vector<std::string> command = {
+        "--",           "cairn-fmnist", "--epochs",   "1",  "--steps", std::to_string(kSteps),
+        "--ckpt-every", "20",           "--key-file", key_, "--ckpt-dir", (dir_ / name).string()};
+    args.insert(args.end(), command.begin(), command.end());
+    auto r = Cli(args);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::string id = r.output.substr(0, r.output.find('\n'));
+    EXPECT_TRUE(id.starts_with("job-")) << r.output;
+    return id;
+  }
+
+  nlohmann::json Job(const std::string& id) {
+    auto r = Cli({"status", id, "--json"});
+    auto j = nlohmann::json::parse(r.output, nullptr, false);
+    if (j.is_discarded() || !j.contains("jobs") || j["jobs"].empty()) return nlohmann::json{};
+    return j["jobs"][0];
+  }
+
+  static uint64_t StepOf(const nlohmann::json& j) {
+    if (!j.contains("step")) return 0;
+    return j["step"].is_string() ? std::stoull(j["step"].get<std::string>())
+                                 : j["step"].get<uint64_t>();
+  }
+
+  // Polls until the job's live step reaches `step` (bounded).
+  bool WaitForStep(const std::string& id, uint64_t step) {
+    for (int i = 0; i < 600; ++i) {
+      if (StepOf(Job(id)) >= step) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+
+  std::string WeightsOf(const std::string& id) {
+    auto logs = Cli({"logs", id});
+    std::smatch m;
+    if (std::regex_search(logs.output, m, std::regex("weights_sha256=([0-9a-f]{64})"))) {
+      return m[1];
+    }
+    ADD_FAILURE() << "no weights_sha256 in the output of " << id << ":\n" << logs.output;
+    return "";
+  }
+
+  // The weights of the job run without interruption (computed once per test binary).
+  std::string Reference() {
+    static std::string sha;
+    if (sha.empty()) {
+      const std::string id = SubmitFmnist("reference");
+      auto w = Cli({"wait", id, "--timeout", "180s"});
+      EXPECT_EQ(w.exit_code, 0) << w.output;
+      sha = WeightsOf(id);
+    }
+    return sha;
+  }
+
+  fs::path dir_;
+  std::string key_;
+  static inline int counter_ = 0;
+};
+
+TEST_F(ClusterTest, KilledRankIsRestartedFromTheCheckpointWithIdenticalWeights) {
+  const std::string reference = Reference();
+  const std::string id = SubmitFmnist("killed");
+  ASSERT_TRUE(WaitForStep(id, 70));
+  const pid_t victim = RankPid((dir_ / "killed").string(), 3);
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  auto w = Cli({"wait", id, "--timeout", "180s"});
+  EXPECT_EQ(w.exit_code, 0) << w.output;
+  EXPECT_NE(w.output.find("attempt-failed"), std::string::npos) << w.output;
+  auto j = Job(id);
+  EXPECT_EQ(j["state"], "JOB_SUCCEEDED") << j.dump(1);
+  EXPECT_GE(j.value("restarts", 0), 1) << j.dump(1);
+  EXPECT_EQ(j["runs"].size(), 2u) << j.dump(1);
+  EXPECT_GT(j["runs"][1].value("resumed_from_step", std::string("0")), std::string("0"))
+      << j.dump(1);
+  EXPECT_EQ(WeightsOf(id), reference);
+  EXPECT_TRUE(ProcessesMentioning("CAIRN_JOB_ID=" + id + std::string(1, '\0')).empty());
+}
+
+TEST_F(ClusterTest, HungRankIsDetectedWithinTheHangTimeoutAndTheJobResumes) {
+  const std::string reference = Reference();
+  const std::string id = SubmitFmnist("hung", {"--hang-timeout", "3s"});
+  ASSERT_TRUE(WaitForStep(id, 70));
+  const pid_t victim = RankPid((dir_ / "hung").string(), 2);
+  ASSERT_GT(victim, 0);
+  const auto stopped_at = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(victim, SIGSTOP), 0);
+  // Detected and torn down (the stopped rank included) within the hang timeout + slack.
+  bool restarted = false;
+  while (std::chrono::steady_clock::now() - stopped_at < std::chrono::seconds(15)) {
+    auto j = Job(id);
+    if (j.value("restarts", 0) >= 1) {
+      restarted = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(restarted);
+  auto w = Cli({"wait", id, "--timeout", "180s"});
+  EXPECT_EQ(w.exit_code, 0) << w.output;
+  auto j = Job(id);
+  EXPECT_NE(j["runs"][0].value("failure", std::string()).find("no progress"), std::string::npos)
+      << j.dump(1);
+  EXPECT_EQ(WeightsOf(id), reference);
+}
+
+TEST_F(ClusterTest, CairndKilledMidRunAndRestartedLosesNothing) {
+  const std::string reference = Reference();
+  const std::string id = SubmitFmnist("coordinator");
+  ASSERT_TRUE(WaitForStep(id, 70));
+  std::ifstream pids(dir_ / "cluster.pids");
+  pid_t cairnd = 0;
+  pids >> cairnd;
+  ASSERT_GT(cairnd, 0);
+  ASSERT_EQ(::kill(cairnd, SIGKILL), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto up = Cli({"up"});  // restarts what died: cairnd
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  EXPECT_NE(up.output.find("restarted cairnd"), std::string::npos) << up.output;
+  auto w = Cli({"wait", id, "--timeout", "180s"});
+  EXPECT_EQ(w.exit_code, 0) << w.output;
+  auto j = Job(id);
+  EXPECT_EQ(j["state"], "JOB_SUCCEEDED") << j.dump(1);
+  EXPECT_EQ(j.value("restarts", 0), 0) << "the attempt should have survived: " << j.dump(1);
+  EXPECT_EQ(WeightsOf(id), reference);
+}
+
+TEST_F(ClusterTest, CancelStopsEveryProcessOfTheJob) {
+  const std::string id = SubmitFmnist("cancelled");
+  ASSERT_TRUE(WaitForStep(id, 30));
+  auto c = Cli({"cancel", id});
+  EXPECT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_EQ(c.output, id + " CANCELLED\n");
+  // mpirun, the Open MPI daemons and the ranks all carry the job id in their environment.
+  EXPECT_TRUE(ProcessesMentioning("CAIRN_JOB_ID=" + id + std::string(1, '\0')).empty());
+  EXPECT_TRUE(ProcessesMentioning((dir_ / "cancelled").string()).empty());
+  auto j = Job(id);
+  EXPECT_EQ(j["state"], "JOB_CANCELLED");
+  EXPECT_EQ(j["runs"][0]["state"], "RUN_CANCELLED") << j.dump(1);
+  // Resume brings it back; it continues from its checkpoint and finishes.
+  auto r = Cli({"resume", id});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  auto w = Cli({"wait", id, "--timeout", "180s"});
+  EXPECT_EQ(w.exit_code, 0) << w.output;
+  EXPECT_GT(Job(id)["runs"][1].value("resumed_from_step", std::string("0")), std::string("0"));
+}
+
+TEST_F(ClusterTest, TheSameFailureTwiceIsNotRetriedForever) {
+  // env launcher: rank 1 always fails at once with exit code 3.
+  auto s = Cli({"submit", "--ranks", "2", "--max-restarts", "10", "--", "/bin/sh", "-c",
+                "if [ \"$RANK\" = 1 ]; then echo broken >&2; exit 3; fi; sleep 30"});
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  const std::string id = s.output.substr(0, s.output.find('\n'));
+  auto w = Cli({"wait", id, "--timeout", "60s"});
+  EXPECT_EQ(w.exit_code, 1) << w.output;
+  auto j = Job(id);
+  EXPECT_EQ(j["state"], "JOB_FAILED") << j.dump(1);
+  EXPECT_EQ(j["runs"].size(), 2u) << j.dump(1);
+  EXPECT_NE(j.value("message", std::string()).find("same error"), std::string::npos) << j.dump(1);
+  auto logs = Cli({"logs", id, "--rank", "1"});
+  EXPECT_NE(logs.output.find("broken"), std::string::npos) << logs.output;
+  auto events = Cli({"events", id});
+  EXPECT_NE(events.output.find("exited with code 3"), std::string::npos) << events.output;
+  EXPECT_TRUE(ProcessesMentioning("sleep 30").empty());
+}
+
+}  // namespace
+}  // namespace cairn
