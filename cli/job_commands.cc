@@ -51,7 +51,7 @@ Result<proto::JobSpec> SpecFromYaml(const std::string& path) {
   CAIRN_ASSIGN_OR_RETURN(YAML::Node doc, yaml::LoadFile(path));
   CAIRN_ASSIGN_OR_RETURN(auto m, yaml::YamlMap::Of(doc, path));
   proto::JobSpec s;
-  std::string name, workdir, launcher = "env", executor = "local", user;
+  std::string name, workdir, launcher = "env", executor = "local", user, ckpt_dir;
   std::vector<std::string> command;
   std::map<std::string, std::string> env;
   uint32_t ranks = 1, nodes = 0, rpn = 0, cpr = 0, gpr = 0, max_restarts = 3;
@@ -73,6 +73,7 @@ Result<proto::JobSpec> SpecFromYaml(const std::string& path) {
   CAIRN_RETURN_IF_ERROR(m.Optional("hang_timeout", &hang));
   CAIRN_RETURN_IF_ERROR(m.Optional("grace_period", &grace));
   CAIRN_RETURN_IF_ERROR(m.Optional("user", &user));
+  CAIRN_RETURN_IF_ERROR(m.Optional("checkpoint_dir", &ckpt_dir));
   CAIRN_RETURN_IF_ERROR(m.Finish());
   s.set_name(name);
   for (auto& c : command) s.add_command(c);
@@ -90,6 +91,7 @@ Result<proto::JobSpec> SpecFromYaml(const std::string& path) {
   s.set_hang_timeout_ms(static_cast<uint64_t>(hang.count()));
   s.set_grace_period_ms(static_cast<uint64_t>(grace.count()));
   s.set_user(user);
+  s.set_checkpoint_dir(ckpt_dir);
   return s;
 }
 
