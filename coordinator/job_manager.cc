@@ -61,6 +61,7 @@ uint32_t MasterPort(const std::string& run_id) {
 }
 
 std::string Describe(const proto::ProcessStatus& p, const std::string& node) {
+  if (!p.how().empty()) return fmt::format("{} (pid {}) on {} {}", p.name(), p.pid(), node, p.how());
   if (p.signal() != 0) {
     return fmt::format("{} (pid {}) on {} was killed by signal {}", p.name(), p.pid(), node,
                        p.signal());
@@ -342,7 +343,9 @@ void JobManager::Evaluate(Run& run) {
       if (p.signal() != 0 || (p.exit_code() != 0 && p.exit_code() != 75)) {
         // Any process failing ends the attempt (a crashed Open MPI daemon too: mpirun
         // may wait for it forever).
-        Stop(run, proto::RUN_FAILED, Describe(p, node), node, 0);
+        // A process that failed is the job's business (its bug, its memory use), not
+        // evidence against the node: no blame, no quarantine.
+        Stop(run, proto::RUN_FAILED, Describe(p, node), "", 0);
         return;
       }
       if (!p.primary()) continue;
@@ -425,6 +428,8 @@ Status JobManager::Finish(Run& run) {
     }
   }
   std::string final_message;
+  // Free its resources first: a preempted job is queued again below.
+  scheduler_->Release(job_id);
   CAIRN_RETURN_IF_ERROR(store_->InTransaction([&]() -> Status {
     CAIRN_RETURN_IF_ERROR(store_->FinishRun(job_id, run.attempt, run.outcome, run.failure, now));
     CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(job_id));
@@ -498,7 +503,6 @@ Status JobManager::Finish(Run& run) {
     for (const auto& n : run.nodes) node_failures_.erase(n);
   }
   if (!final_message.empty()) Log()->info("job {}: {}", job_id, final_message);
-  scheduler_->Release(job_id);
   Run ended = std::move(run);
   runs_.erase(job_id);
   Changed(ended);  // the run leaves the nodes' orders
@@ -615,7 +619,13 @@ void JobManager::Tick() {
       continue;
     }
     const int64_t silent = now - run.last_progress_ms;
-    if (silent > static_cast<int64_t>(run.spec.hang_timeout_ms())) {
+    // Until its first report an attempt is starting (launch, data, checkpoint load):
+    // it gets at least kStartupAllowanceMs.
+    const int64_t limit = run.progress.empty()
+                              ? std::max<int64_t>(static_cast<int64_t>(run.spec.hang_timeout_ms()),
+                                                  kStartupAllowanceMs)
+                              : static_cast<int64_t>(run.spec.hang_timeout_ms());
+    if (silent > limit) {
       // Blame the node of the rank that reported least recently.
       std::string blame;
       int64_t oldest = INT64_MAX;
@@ -628,8 +638,13 @@ void JobManager::Tick() {
         }
       }
       Stop(run, proto::RUN_FAILED,
-           fmt::format("no progress for {:.1f} s (hang_timeout {:.1f} s)", silent / 1000.0,
-                       run.spec.hang_timeout_ms() / 1000.0),
+           run.progress.empty()
+               ? fmt::format("no progress report {:.1f} s after the start (hang_timeout {:.1f} s, "
+                             "at least {} s for the start)",
+                             silent / 1000.0, run.spec.hang_timeout_ms() / 1000.0,
+                             kStartupAllowanceMs / 1000)
+               : fmt::format("no progress for {:.1f} s (hang_timeout {:.1f} s)", silent / 1000.0,
+                             run.spec.hang_timeout_ms() / 1000.0),
            blame, 0);
     }
   }

@@ -6,14 +6,16 @@
 // so two attempts never write the same checkpoint directory. An attempt ends at the
 // first of: a process exiting non-zero or by a signal (exit 75 of every rank = preempted),
 // a launch error, a node of its gang lost, no progress report within the job's
-// hang_timeout, a cancel; on failure its processes are killed at once, on cancel or
+// hang_timeout (before its first report, at least kStartupAllowanceMs: starting ranks
+// load data and checkpoints), a cancel; on failure its processes are killed at once, on cancel or
 // preemption they get the job's grace period (SIGTERM first, so ranks can checkpoint).
 // Then the job restarts (failures count against max_restarts, with exponential backoff
 // after the first; preemptions do not count), unless the attempt failed with the same
 // failure at the same step as the one before it: that is the job's own bug and the job
 // FAILS rather than looping. A node on which attempts failed `quarantine_after` times in
-// a row (without a success between) is quarantined: no new placements until its agent
-// registers again. Each attempt is handed the checkpoint head the job reported last
+// a row for reasons that point at the node (lost, could not launch, hung), without a
+// success between, is quarantined: no new placements until its agent registers again.
+// A process exiting non-zero or killed is the job's failure, not the node's. Each attempt is handed the checkpoint head the job reported last
 // (CAIRN_EXPECTED_HEAD), so a rolled-back checkpoint directory is refused.
 //
 // Orders are level-triggered: OrdersFor(node) is the whole set of runs the node must
@@ -60,6 +62,9 @@ struct NodeView {
 };
 
 JobRequest RequestOf(const std::string& job_id, const proto::JobSpec& spec);
+
+// The least time an attempt gets before its first progress report.
+inline constexpr int64_t kStartupAllowanceMs = 60'000;
 
 class JobManager {
  public:

@@ -30,7 +30,14 @@ ProgressReporter::~ProgressReporter() {
   if (fd_ >= 0) close(fd_);
 }
 
+void ProgressReporter::ReportExit(int exit_code) {
+  exiting_ = true;
+  exit_code_ = exit_code;
+  Report(last_step_, 0.0, 0.0);
+}
+
 void ProgressReporter::Report(uint64_t step, double loss, double samples_per_second) {
+  last_step_ = step;
   if (fd_ < 0) return;
   cairn::proto::RankProgress msg;
   msg.set_run_id(run_id_);
@@ -42,6 +49,8 @@ void ProgressReporter::Report(uint64_t step, double loss, double samples_per_sec
                       std::chrono::system_clock::now().time_since_epoch())
                       .count());
   msg.set_pid(static_cast<uint32_t>(getpid()));
+  msg.set_exiting(exiting_);
+  msg.set_exit_code(exit_code_);
   if (ckpt_step_ > 0) {
     msg.set_ckpt_step(ckpt_step_);
     msg.set_ckpt_head(ckpt_head_);

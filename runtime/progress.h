@@ -24,6 +24,10 @@ class ProgressReporter {
 
   bool enabled() const { return fd_ >= 0; }
   void Report(uint64_t step, double loss, double samples_per_second);
+  // Says the rank is about to exit on its own with `exit_code`: a rank that vanishes
+  // without this report died (killed, crashed), and its agent ends the attempt at once
+  // instead of waiting for the launcher to notice.
+  void ReportExit(int exit_code);
   // The newest durable checkpoint (step, manifest digest in hex), carried by every later
   // report so the orchestrator can hand it to the next attempt (rollback detection).
   void SetCheckpoint(uint64_t step, std::string head_hex) {
@@ -41,6 +45,9 @@ class ProgressReporter {
   uint64_t sent_ = 0;
   uint64_t dropped_ = 0;
   uint64_t ckpt_step_ = 0;
+  uint64_t last_step_ = 0;
+  bool exiting_ = false;
+  int exit_code_ = 0;
   std::string ckpt_head_;
 };
 

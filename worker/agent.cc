@@ -1,5 +1,8 @@
 #include "worker/agent.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -7,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "common/log.h"
 
@@ -78,6 +82,16 @@ void SetOpenMpiEnv(std::vector<std::string>& env, const proto::LaunchOrder& o,
 
 }  // namespace
 
+namespace {
+int g_wake_fd = -1;  // write end of the wake pipe, for the SIGCHLD handler
+extern "C" void OnChild(int) {
+  const int saved = errno;
+  const char c = 'c';
+  [[maybe_unused]] ssize_t n = ::write(g_wake_fd, &c, 1);
+  errno = saved;
+}
+}  // namespace
+
 Result<std::unique_ptr<Agent>> Agent::Create(AgentConfig config) {
   CAIRN_ASSIGN_OR_RETURN(auto sup, Supervisor::Create());
   std::error_code ec;
@@ -97,12 +111,22 @@ Result<std::unique_ptr<Agent>> Agent::Create(AgentConfig config) {
     ::close(fd);
     return MakeError(Code::kUnavailable, "bind {}: {}", config.progress_path, std::strerror(e));
   }
-  return std::unique_ptr<Agent>(new Agent(std::move(config), std::move(sup), fd));
+  std::unique_ptr<Agent> agent(new Agent(std::move(config), std::move(sup), fd));
+  if (::pipe2(agent->wake_, O_NONBLOCK | O_CLOEXEC) != 0) {
+    return MakeError(Code::kInternal, "wake pipe: {}", std::strerror(errno));
+  }
+  return agent;
 }
 
 Agent::~Agent() {
   StopAll(std::chrono::milliseconds(0));
   ::close(progress_fd_);
+  if (g_wake_fd == wake_[1]) {
+    ::signal(SIGCHLD, SIG_DFL);
+    g_wake_fd = -1;
+  }
+  ::close(wake_[0]);
+  ::close(wake_[1]);
   std::error_code ec;
   fs::remove(config_.progress_path, ec);
 }
@@ -131,6 +155,7 @@ proto::HeartbeatRequest Agent::Report(uint32_t wait_ms) {
       ps->set_signal(p.signal);
       ps->set_primary(p.primary);
       ps->set_rank(p.rank);
+      ps->set_how(p.how);
       active = active || p.running;
     }
     // Descendants (Open MPI ranks under an orted, strays) count too: Step() keeps
@@ -157,7 +182,7 @@ void Agent::ApplyOrders(const proto::HeartbeatReply& reply) {
   for (const auto& o : reply.runs()) orders_[o.run_id()] = o;
   orders_pending_ = true;
   fenced_ = false;
-  work_.notify_all();
+  Wake();
 }
 
 void Agent::Fence() {
@@ -169,12 +194,29 @@ void Agent::Fence() {
   if (!runs_.empty()) {
     Log()->warn("cut off from cairnd: stopping {} run(s) on this node", runs_.size());
   }
-  work_.notify_all();
+  Wake();
+}
+
+void Agent::Wake() {
+  const char c = 'o';
+  [[maybe_unused]] ssize_t n = ::write(wake_[1], &c, 1);
+}
+
+void Agent::WakeOnChildExit() {
+  g_wake_fd = wake_[1];
+  struct sigaction sa {};
+  sa.sa_handler = OnChild;
+  sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+  ::sigaction(SIGCHLD, &sa, nullptr);
 }
 
 void Agent::WaitForWork(std::chrono::milliseconds d) {
-  std::unique_lock lock(mu_);
-  work_.wait_for(lock, d, [&] { return orders_pending_; });
+  pollfd p{wake_[0], POLLIN, 0};
+  ::poll(&p, 1, static_cast<int>(d.count()));
+  char buf[256];
+  while (::read(wake_[0], buf, sizeof(buf)) > 0) {
+  }
+  std::lock_guard lock(mu_);
   orders_pending_ = false;
 }
 
@@ -336,6 +378,36 @@ void Agent::ReadProgress() {
   }
 }
 
+namespace {
+// True when `pid` is gone or a zombie (it ended; its parent has not reaped it yet).
+bool Gone(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string stat((std::istreambuf_iterator<char>(in)), {});
+  const auto close = stat.rfind(')');
+  if (close == std::string::npos || close + 2 >= stat.size()) return true;
+  return stat[close + 2] == 'Z' || stat[close + 2] == 'X';
+}
+}  // namespace
+
+// Ranks that are not our children (mpi mode: orted's) and vanished without reporting an
+// exit died: say so at once rather than wait for mpirun to notice (seconds).
+bool Agent::FindVanishedRanks(LocalRun& run) {
+  bool changed = false;
+  for (const auto& [rank, p] : run.progress) {
+    if (p.pid() == 0 || p.exiting()) continue;
+    const pid_t pid = static_cast<pid_t>(p.pid());
+    const bool known = std::any_of(run.procs.begin(), run.procs.end(),
+                                   [&](const Proc& q) { return q.pid == pid; });
+    if (known || !Gone(pid)) continue;
+    Proc dead{pid, "rank " + std::to_string(rank), static_cast<int>(rank), false, false, -1, 0};
+    dead.how = "died without reporting an exit (killed or crashed)";
+    run.procs.push_back(dead);
+    Log()->warn("run {}: rank {} (pid {}) {}", run.order.run_id(), rank, pid, dead.how);
+    changed = true;
+  }
+  return changed;
+}
+
 bool Agent::Step() {
   std::lock_guard lock(mu_);
   bool changed = false;
@@ -355,6 +427,9 @@ bool Agent::Step() {
     }
   }
   ReadProgress();
+  for (auto& [id, run] : runs_) {
+    if (!run.stopping && run.started) changed = FindVanishedRanks(run) || changed;
+  }
   // New and changed orders.
   for (const auto& [id, o] : orders_) {
     if (finished_.contains(id)) continue;

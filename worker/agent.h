@@ -21,7 +21,6 @@
 // guards the shared state.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -59,8 +58,11 @@ class Agent {
   // One round of supervision: reap, read progress, start and stop runs. Returns true
   // when something cairnd should hear about at once happened (an exit, a launch).
   bool Step();
-  // Waits up to `d` for new orders (or returns at once if some are pending).
+  // Waits up to `d` for new orders or a child's exit (returns at once if one came).
   void WaitForWork(std::chrono::milliseconds d);
+  // Wakes WaitForWork on SIGCHLD (installs the handler; call from the supervising
+  // thread, with SIGCHLD blocked in every other thread).
+  void WakeOnChildExit();
   // Stops every run (agent shutdown), each within its grace.
   void StopAll(std::chrono::milliseconds grace);
   std::size_t live_runs();
@@ -74,6 +76,7 @@ class Agent {
     bool running = true;
     int exit_code = 0;
     int signal = 0;
+    std::string how;  // set when the agent did not see an exit status
   };
   struct LocalRun {
     proto::LaunchOrder order;
@@ -96,6 +99,7 @@ class Agent {
   bool StartExecs(LocalRun& run);
   void BeginStop(LocalRun& run, int64_t grace_ms);
   void ReadProgress();
+  bool FindVanishedRanks(LocalRun& run);
   bool PreviousAttemptAlive(const LocalRun& run);
 
   AgentConfig config_;
@@ -103,7 +107,8 @@ class Agent {
   int progress_fd_;
 
   std::mutex mu_;
-  std::condition_variable work_;
+  int wake_[2] = {-1, -1};  // pipe: orders or SIGCHLD wake the supervising thread
+  void Wake();
   bool orders_pending_ = false;
   bool fenced_ = false;
   uint64_t orders_version_ = 0;

@@ -137,7 +137,12 @@ int main(int argc, char** argv) {
   };
   last_contact_ms = steady_ms();
 
-  // The poller: register, then long-poll heartbeats that bring the orders.
+  // The poller: register, then long-poll heartbeats that bring the orders. It runs with
+  // SIGCHLD blocked: child exits wake the supervisor (this thread) only.
+  sigset_t chld, old_mask;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &chld, &old_mask);
   std::thread poller([&] {
     std::unique_ptr<coord::Client> client;
     auto backoff = std::chrono::milliseconds(200);
@@ -194,6 +199,8 @@ int main(int argc, char** argv) {
   });
 
   // The supervisor (this thread: it owns the processes).
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  agent.WakeOnChildExit();
   std::unique_ptr<coord::Client> reporter;
   while (!g_stop.load()) {
     if (agent.Step() && connected.load()) {
@@ -213,7 +220,9 @@ int main(int argc, char** argv) {
       }
     }
     if (steady_ms() - last_contact_ms.load() > node_timeout_ms.load()) agent.Fence();
-    agent.WaitForWork(std::chrono::milliseconds(20));
+    // Woken at once by orders and child exits; every 100 ms anyway, for progress and
+    // ranks that are not our children (mpi mode) vanishing.
+    agent.WaitForWork(std::chrono::milliseconds(100));
   }
   log->info("node {}: stopping", node_id);
   poller.join();

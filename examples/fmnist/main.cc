@@ -85,6 +85,18 @@ struct TrainState {
 
 std::string Hex(const ckpt::Digest& d) { return ckpt::ToHex(d); }
 
+int64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// When this process reached each stage of its start (for the restart benchmark).
+struct Startup {
+  int64_t process_start_ms = 0, mpi_ready_ms = 0, data_ready_ms = 0, resume_ms = 0;
+};
+Startup g_startup;
+
 #ifdef CAIRN_HAVE_CUDA_MLP
 constexpr bool kCudaBuilt = true;
 // Turns the CUDA interface's "empty string or message" into a Status.
@@ -116,6 +128,8 @@ class Trainer {
         progress_(launch_.progress_socket, opt_.run_id, comm->rank()) {}
 
   Result<int> Run();
+  // Tells the agent this rank exits on its own (see rt::ProgressReporter::ReportExit).
+  void ReportExit(int code) { progress_.ReportExit(code); }
 
  private:
   Status Validate();
@@ -621,7 +635,11 @@ Result<int> Trainer::Run() {
     mlp_.Init(params_, init);
   }
   CAIRN_RETURN_IF_ERROR(SetUpCheckpointing());
+  const auto t_resume = std::chrono::steady_clock::now();
   CAIRN_RETURN_IF_ERROR(Resume());
+  g_startup.resume_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now() - t_resume)
+                            .count();
   // Every rank must have resumed from the same step.
   CAIRN_ASSIGN_OR_RETURN(auto steps, comm_->AllGather(std::to_string(state_.step)));
   for (std::size_t i = 0; i < steps.size(); ++i) {
@@ -660,6 +678,15 @@ Result<int> Trainer::Run() {
   while (state_.step < target_) {
     const uint64_t step = state_.step;
     CAIRN_RETURN_IF_ERROR(Step(step));
+    if (step == first_step && comm_->rank() == 0) {
+      std::fprintf(stderr,
+                   "startup: process_start_unix_ms=%lld mpi_init_ms=%lld data_load_ms=%lld "
+                   "resume_ms=%lld first_step_unix_ms=%lld\n",
+                   static_cast<long long>(g_startup.process_start_ms),
+                   static_cast<long long>(g_startup.mpi_ready_ms - g_startup.process_start_ms),
+                   static_cast<long long>(g_startup.data_ready_ms - g_startup.mpi_ready_ms),
+                   static_cast<long long>(g_startup.resume_ms), static_cast<long long>(UnixMs()));
+    }
     const auto now = std::chrono::steady_clock::now();
     const double dt = std::chrono::duration<double>(now - t_last).count();
     t_last = now;
@@ -745,6 +772,7 @@ Result<int> Trainer::Run() {
 
 int main(int argc, char** argv) {
   using namespace cairn;
+  fmnist::g_startup.process_start_ms = fmnist::UnixMs();
   CLI::App app{"cairn-fmnist: data-parallel MLP on Fashion-MNIST with exact resume"};
   StandardFlags std_flags;
   AddStandardFlags(app, &std_flags, "cairn-fmnist");
@@ -803,6 +831,7 @@ int main(int argc, char** argv) {
 
   auto session = coll::MpiSession::Start();
   if (!session) return ReportError("cairn-fmnist", session.error());
+  fmnist::g_startup.mpi_ready_ms = fmnist::UnixMs();
   int rc = 0;
   {
     auto comm = coll::MpiCommunicator::World(std::chrono::seconds(o.comm_timeout_s));
@@ -817,12 +846,14 @@ int main(int argc, char** argv) {
     }
     auto data = fmnist::LoadDataset(o.data_dir);
     if (!data) return ReportError("cairn-fmnist", data.error().With(fmt::format("rank {}", (*comm)->rank())));
+    fmnist::g_startup.data_ready_ms = fmnist::UnixMs();
     fmnist::Trainer trainer(o, *launch, comm->get(), &*data);
     auto result = trainer.Run();
     if (!result) {
       Error e = std::move(result).error();
       e.With(fmt::format("rank {} of {}", (*comm)->rank(), (*comm)->size()));
       rc = ReportError("cairn-fmnist", e);
+      trainer.ReportExit(rc);
       if (coll::MpiSession::poisoned()) {
         std::fflush(nullptr);
         std::_Exit(rc);  // a peer is gone: finalising MPI could block
@@ -830,6 +861,7 @@ int main(int argc, char** argv) {
     } else {
       rc = *result;
     }
+    trainer.ReportExit(rc);
   }
   return rc;
 }
