@@ -7,12 +7,19 @@
 
 #include "common/app.h"
 
+namespace google::protobuf {
+class Message;
+}
+
 namespace cairn::cli {
 
 struct Context {
   StandardFlags* flags;
   int exit_code;
 };
+
+// A message as indented JSON with the .proto field names (the --json of every command).
+std::string ToJson(const google::protobuf::Message& m);
 
 // `cairn config show`
 void RegisterConfigCommands(CLI::App& app, Context* ctx);

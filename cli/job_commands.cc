@@ -125,15 +125,6 @@ Result<proto::JobSpec> SpecFromFlags(const JobFlags& f) {
   return s;
 }
 
-std::string ToJson(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions o;
-  o.add_whitespace = true;
-  o.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
-  return out;
-}
-
 void PrintJobs(const std::vector<proto::JobStatus>& jobs) {
   std::printf("%-12s %-11s %5s %8s %8s %10s  %s\n", "JOB", "STATE", "RANKS", "RESTARTS", "STEP",
               "CKPT_STEP", "NAME / COMMAND");
@@ -168,6 +159,15 @@ void Run(Context* ctx, Fn&& fn) {
 }
 
 }  // namespace
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = true;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
 
 void RegisterJobCommands(CLI::App& app, Context* ctx) {
   auto f = std::make_shared<JobFlags>();

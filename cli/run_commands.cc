@@ -1,5 +1,4 @@
 // `cairn wait|logs|events|resume`: following a job through cairnd.
-#include <google/protobuf/util/json_util.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -152,12 +151,7 @@ void RegisterRunCommands(CLI::App& app, Context* ctx) {
       }
       if (tty) std::fprintf(stderr, "\r\033[K");
       if (f->json) {
-        std::string out;
-        google::protobuf::util::JsonPrintOptions o;
-        o.add_whitespace = true;
-        o.preserve_proto_field_names = true;
-        (void)google::protobuf::util::MessageToJsonString(js, &out, o);
-        std::printf("%s\n", out.c_str());
+        std::printf("%s\n", ToJson(js).c_str());
       } else {
         std::printf("%s %s: %s\n", js.job_id().c_str(), std::string(StateName(js.state())).c_str(),
                     js.message().c_str());
@@ -253,12 +247,7 @@ void RegisterRunCommands(CLI::App& app, Context* ctx) {
       if (f->json) {
         proto::GetEventsReply out;
         for (auto& e : evs) *out.add_events() = e;
-        std::string text;
-        google::protobuf::util::JsonPrintOptions o;
-        o.add_whitespace = true;
-        o.preserve_proto_field_names = true;
-        (void)google::protobuf::util::MessageToJsonString(out, &text, o);
-        std::printf("%s\n", text.c_str());
+        std::printf("%s\n", ToJson(out).c_str());
         return OkStatus();
       }
       for (const auto& e : evs) std::printf("%s\n", EventLine(e).c_str());

@@ -36,17 +36,22 @@ class JobManagerTest : public ::testing::Test {
     service_ = std::make_unique<Service>(store_.get(), "t", [this] { return now_; }, o);
     ASSERT_TRUE(service_->Recover());
   }
-  template <typename Reply>
-  Reply Call(const std::string& method, const google::protobuf::Message& payload,
-             std::string client = "cli") {
+  static proto::Envelope Envelope(const std::string& method,
+                                  const google::protobuf::Message& payload,
+                                  const std::string& client, uint64_t request_id) {
     proto::Envelope e;
     e.set_protocol_version(1);
-    e.set_client_id(std::move(client));
-    e.set_request_id(++id_);
+    e.set_client_id(client);
+    e.set_request_id(request_id);
     e.set_method(method);
     e.set_payload(payload.SerializeAsString());
     e.set_auth_token("t");
-    last_ = service_->Handle(e);
+    return e;
+  }
+  template <typename Reply>
+  Reply Call(const std::string& method, const google::protobuf::Message& payload,
+             std::string client = "cli") {
+    last_ = service_->Handle(Envelope(method, payload, client, ++id_));
     Reply r;
     EXPECT_FALSE(last_.has_error()) << method << ": " << last_.error().message();
     EXPECT_TRUE(r.ParseFromString(last_.payload()));
@@ -196,13 +201,7 @@ TEST_F(JobManagerTest, SameFailureTwiceFailsTheJobAndResumeRequeuesIt) {
   // Resume: back in the queue, restart count from zero; retried = one resume.
   proto::ResumeJobRequest r;
   r.set_job_id(id);
-  proto::Envelope e;
-  e.set_protocol_version(1);
-  e.set_client_id("cli");
-  e.set_request_id(999);
-  e.set_method("ResumeJob");
-  e.set_payload(r.SerializeAsString());
-  e.set_auth_token("t");
+  proto::Envelope e = Envelope("ResumeJob", r, "cli", 999);
   auto first = service_->Handle(e);
   auto again = service_->Handle(e);
   ASSERT_FALSE(first.has_error()) << first.error().message();
@@ -326,13 +325,7 @@ TEST_F(JobManagerTest, CancelStopsWithTheGracePeriodAndRetriedCancelIsOne) {
   Beat("n1", {Report(o, true)});
   proto::CancelJobRequest c;
   c.set_job_id(id);
-  proto::Envelope e;
-  e.set_protocol_version(1);
-  e.set_client_id("cli");
-  e.set_request_id(777);
-  e.set_method("CancelJob");
-  e.set_payload(c.SerializeAsString());
-  e.set_auth_token("t");
+  proto::Envelope e = Envelope("CancelJob", c, "cli", 777);
   auto a = service_->Handle(e);
   auto b = service_->Handle(e);
   EXPECT_EQ(a.payload(), b.payload());
@@ -381,13 +374,7 @@ TEST_F(JobManagerTest, ExecAddsADaemonToTheNodesOrderOnceAndStaleReportsAreIgnor
   ASSERT_EQ(o2.runs(0).execs_size(), 1);
   EXPECT_EQ(o2.runs(0).execs(0), "orted -mca ess env");
   x.set_node_id("n9");
-  proto::Envelope e;
-  e.set_protocol_version(1);
-  e.set_client_id("rsh");
-  e.set_request_id(5000);
-  e.set_method("Exec");
-  e.set_payload(x.SerializeAsString());
-  e.set_auth_token("t");
+  proto::Envelope e = Envelope("Exec", x, "rsh", 5000);
   EXPECT_TRUE(service_->Handle(e).has_error());
   // A report older than one already seen (sequence) changes nothing.
   proto::HeartbeatRequest stale;
@@ -404,14 +391,8 @@ TEST_F(JobManagerTest, LongPollHoldsOnlyWhileTheOrdersAreUnchanged) {
   hb.set_node_id("n1");
   hb.set_sequence(1);
   hb.set_wait_ms(1000);
-  proto::Envelope e;
-  e.set_protocol_version(1);
-  e.set_client_id("agent-n1");
-  e.set_request_id(1);
-  e.set_method("Heartbeat");
-  e.set_auth_token("t");
   hb.set_orders_version(0);
-  e.set_payload(hb.SerializeAsString());
+  proto::Envelope e = Envelope("Heartbeat", hb, "agent-n1", 1);
   EXPECT_EQ(service_->HoldMs(e), 1000);  // nothing new for n1
   Submit(1);
   EXPECT_EQ(service_->HoldMs(e), 0);  // a new order: answer now
