@@ -140,6 +140,7 @@ Status JobManager::Recover() {
         r.placement = *placement;
         r.nodes = DistinctNodes(r.placement);
         r.expected_head = last->resumed_from_manifest();
+        r.head_step = js.checkpoint_step();
         r.master_port = MasterPort(r.run_id);
         r.started_ms = now;
         r.last_progress_ms = now;
@@ -211,6 +212,7 @@ Status JobManager::StartRun(const Placement& p) {
   r.placement = p;
   r.nodes = DistinctNodes(p);
   r.expected_head = js.checkpoint_head();
+  r.head_step = js.checkpoint_step();
   std::string where;
   for (const auto& n : r.nodes) {
     const auto count = std::count_if(p.ranks.begin(), p.ranks.end(),
@@ -298,12 +300,11 @@ void JobManager::OnReport(const proto::HeartbeatRequest& hb) {
         known = p;
         run.last_progress_ms = now;
       }
-      if (p.ckpt_step() > 0 && !p.ckpt_head().empty()) {
-        auto js = store_->GetJob(run.job_id);
-        if (js && p.ckpt_step() > js->checkpoint_step()) {
-          if (auto s = store_->SetCheckpointHead(run.job_id, p.ckpt_step(), p.ckpt_head()); !s) {
-            Log()->error("job {}: checkpoint head: {}", run.job_id, s.error().ToString());
-          }
+      if (p.ckpt_step() > run.head_step && !p.ckpt_head().empty()) {
+        if (auto s = store_->SetCheckpointHead(run.job_id, p.ckpt_step(), p.ckpt_head()); !s) {
+          Log()->error("job {}: checkpoint head: {}", run.job_id, s.error().ToString());
+        } else {
+          run.head_step = p.ckpt_step();
         }
       }
     }

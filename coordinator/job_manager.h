@@ -121,6 +121,7 @@ class JobManager {
     std::vector<std::string> nodes;  // distinct, in rank order
     std::map<std::string, std::vector<std::string>> execs;
     std::string expected_head;
+    uint64_t head_step = 0;  // the job's stored checkpoint step (written when it grows)
     uint32_t master_port = 0;
     int64_t started_ms = 0;
     int64_t last_progress_ms = 0;
