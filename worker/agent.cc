@@ -65,12 +65,16 @@ bool SharedHost(const proto::LaunchOrder& o) {
 }
 
 // Open MPI settings for the daemon or mpirun of one node; `who` names its session dir.
+// mpirun copies its own OMPI_MCA_* variables onto every daemon's command line (where
+// they beat the daemon's environment), so mpirun gets its session dir base through
+// TMPDIR, which it does not forward: each daemon keeps the base its agent gave it
+// (daemons of one job sharing a session tree delete each other's directories).
 void SetOpenMpiEnv(std::vector<std::string>& env, const proto::LaunchOrder& o,
-                   const std::string& state_dir, const std::string& who) {
+                   const std::string& state_dir, const std::string& who, bool mpirun) {
   const std::string tmp = fmt::format("{}/agents/{}/tmp", state_dir, who);
   std::error_code ec;
   fs::create_directories(tmp, ec);
-  Set(env, "OMPI_MCA_orte_tmpdir_base", tmp);
+  Set(env, mpirun ? "TMPDIR" : "OMPI_MCA_orte_tmpdir_base", tmp);
   if (SharedHost(o)) {
     // Daemons of "different nodes" on one kernel collide in shared memory: the hwloc
     // topology segment, PMIx's shared-memory store, and the vader transport.
@@ -287,7 +291,7 @@ bool Agent::Start(LocalRun& run) {
     for (const auto& k : forward) argv.insert(argv.end(), {"-x", k});
     argv.insert(argv.end(), o.spec().command().begin(), o.spec().command().end());
     Set(env, "CAIRN_RSH_RUN", o.run_id());
-    SetOpenMpiEnv(env, o, config_.state_dir, config_.node_id + "/mpirun");
+    SetOpenMpiEnv(env, o, config_.state_dir, config_.node_id + "/mpirun", /*mpirun=*/true);
     ProcessSpec spec{argv, env, o.spec().workdir(), logs + "/mpirun.log", o.run_id()};
     auto pid = sup_->Spawn(spec);
     if (!pid) return fail(pid.error());
@@ -337,7 +341,7 @@ bool Agent::StartExecs(LocalRun& run) {
     if (!run.execs_started.insert(cmd).second) continue;
     std::vector<std::string> env = BaseEnv(o);
     Set(env, "CAIRN_PROGRESS_SOCKET", config_.progress_path);
-    SetOpenMpiEnv(env, o, config_.state_dir, config_.node_id);
+    SetOpenMpiEnv(env, o, config_.state_dir, config_.node_id, /*mpirun=*/false);
     ProcessSpec spec{{"/bin/sh", "-c", cmd}, env, "",
                      fmt::format("{}/orted-{}.log", LogDir(o), config_.node_id), o.run_id()};
     auto pid = sup_->Spawn(spec);

@@ -51,7 +51,7 @@ class Agent {
   proto::HeartbeatRequest Report(uint32_t wait_ms);
   // The orders of a heartbeat reply (the whole set: runs missing from it are stopped).
   void ApplyOrders(const proto::HeartbeatReply& reply);
-  // Cut off from cairnd for longer than the node timeout: stop every run at once (cairnd
+  // Cut off from cairnd for (nearly) the node timeout: stop every run at once (cairnd
   // restarts them elsewhere) and start nothing until orders arrive again.
   void Fence();
 

@@ -9,8 +9,8 @@
 // once; the supervisor thread reaps processes, reads progress and, when a process exits,
 // reports at once on its own connection. When cairnd is gone or has forgotten the node
 // (restart), the agent reconnects and registers again with backoff (0.2 s doubling to
-// 5 s); cut off for longer than cairnd's node timeout, it stops its runs (fencing: cairnd
-// has declared the node lost and restarts them elsewhere). SIGTERM/SIGINT stop every run
+// 5 s); cut off for nearly cairnd's node timeout (less a margin of up to 1 s), it stops
+// its runs (fencing: cairnd is about to declare the node lost and restart them elsewhere). SIGTERM/SIGINT stop every run
 // (SIGTERM, 5 s, SIGKILL) and end the agent.
 #include <signal.h>
 #include <unistd.h>
@@ -219,7 +219,12 @@ int main(int argc, char** argv) {
         }
       }
     }
-    if (steady_ms() - last_contact_ms.load() > node_timeout_ms.load()) agent.Fence();
+    // Fence a little before cairnd declares the node lost (it restarts the runs then):
+    // the two clocks start from about the same reply, so a margin keeps them ordered.
+    const int64_t timeout = node_timeout_ms.load();
+    if (steady_ms() - last_contact_ms.load() > timeout - std::min<int64_t>(1000, timeout / 3)) {
+      agent.Fence();
+    }
     // Woken at once by orders and child exits; every 100 ms anyway, for progress and
     // ranks that are not our children (mpi mode) vanishing.
     agent.WaitForWork(std::chrono::milliseconds(100));
