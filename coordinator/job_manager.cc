@@ -309,12 +309,26 @@ void JobManager::OnReport(const proto::HeartbeatRequest& hb) {
       }
     }
   }
-  // A node that no longer mentions a run has nothing of it left.
+  // A node that no longer mentions a run has nothing of it left. If it had reported
+  // the run before and the run is not ending, its agent lost it (restarted): failed.
   std::vector<std::string> touched(mentioned.begin(), mentioned.end());
+  std::vector<std::string> forgotten;
   for (auto& [job_id, run] : runs_) {
     if (mentioned.contains(job_id)) continue;
     if (std::find(run.nodes.begin(), run.nodes.end(), node) == run.nodes.end()) continue;
-    if (run.reports.erase(node) > 0 || run.stopping) touched.push_back(job_id);
+    const bool had = run.reports.erase(node) > 0;
+    if (had && !run.stopping) {
+      forgotten.push_back(job_id);
+    } else if (had || run.stopping) {
+      touched.push_back(job_id);
+    }
+  }
+  for (const auto& job_id : forgotten) {
+    if (auto it = runs_.find(job_id); it != runs_.end()) {
+      Stop(it->second, proto::RUN_FAILED,
+           fmt::format("{}: its agent no longer has the attempt (the agent restarted?)", node),
+           node, 0);
+    }
   }
   for (const auto& job_id : touched) {
     if (auto it = runs_.find(job_id); it != runs_.end()) Evaluate(it->second);

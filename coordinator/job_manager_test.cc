@@ -318,6 +318,20 @@ TEST_F(JobManagerTest, LostNodeFailsItsAttemptsAndTheGangMovesToOtherNodes) {
   }
 }
 
+TEST_F(JobManagerTest, AnAgentThatForgetsARunningAttemptFailsIt) {
+  Register("n1", 2);
+  const std::string id = Submit(2);
+  auto o = Beat("n1").runs(0);
+  Beat("n1", {Report(o, true, 0, 0, 3)});
+  Register("n1", 2, /*incarnation=*/2);  // the agent restarted: its processes died with it
+  auto reply = Beat("n1");                // and it reports nothing of the attempt
+  auto js = Job(id);
+  EXPECT_NE(js.runs(0).failure().find("no longer has the attempt"), std::string::npos)
+      << js.runs(0).failure();
+  ASSERT_EQ(js.runs_size(), 2);  // restarted (the node is alive: it reports nothing left)
+  EXPECT_EQ(js.runs(0).state(), proto::RUN_FAILED);
+}
+
 TEST_F(JobManagerTest, CancelStopsWithTheGracePeriodAndRetriedCancelIsOne) {
   Register("n1", 2);
   const std::string id = Submit(2);
