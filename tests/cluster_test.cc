@@ -53,6 +53,18 @@ std::vector<pid_t> ProcessesMentioning(const std::string& needle) {
   return out;
 }
 
+// Processes of job `id` of the cluster at `dir` (job ids repeat across clusters).
+std::vector<pid_t> JobProcesses(const std::string& dir, const std::string& id) {
+  std::vector<pid_t> out;
+  for (pid_t pid : ProcessesMentioning("CAIRN_JOB_ID=" + id + std::string(1, '\0'))) {
+    if (ReadFile(fmt::format("/proc/{}/environ", pid))
+            .find("CAIRN_STATE_DIR=" + dir + std::string(1, '\0')) != std::string::npos) {
+      out.push_back(pid);
+    }
+  }
+  return out;
+}
+
 // The pid of the training process with MPI rank `rank` whose command line has `needle`.
 pid_t RankPid(const std::string& needle, int rank) {
   for (pid_t pid : ProcessesMentioning(needle)) {
@@ -186,7 +198,7 @@ TEST_F(ClusterTest, KilledRankIsRestartedFromTheCheckpointWithIdenticalWeights) 
   EXPECT_GT(j["runs"][1].value("resumed_from_step", std::string("0")), std::string("0"))
       << j.dump(1);
   EXPECT_EQ(WeightsOf(id), reference);
-  EXPECT_TRUE(ProcessesMentioning("CAIRN_JOB_ID=" + id + std::string(1, '\0')).empty());
+  EXPECT_TRUE(JobProcesses(dir_.string(), id).empty());
 }
 
 TEST_F(ClusterTest, HungRankIsDetectedWithinTheHangTimeoutAndTheJobResumes) {
@@ -244,7 +256,7 @@ TEST_F(ClusterTest, CancelStopsEveryProcessOfTheJob) {
   EXPECT_EQ(c.exit_code, 0) << c.output;
   EXPECT_EQ(c.output, id + " CANCELLED\n");
   // mpirun, the Open MPI daemons and the ranks all carry the job id in their environment.
-  EXPECT_TRUE(ProcessesMentioning("CAIRN_JOB_ID=" + id + std::string(1, '\0')).empty());
+  EXPECT_TRUE(JobProcesses(dir_.string(), id).empty());
   EXPECT_TRUE(ProcessesMentioning((dir_ / "cancelled").string()).empty());
   auto j = Job(id);
   EXPECT_EQ(j["state"], "JOB_CANCELLED");
