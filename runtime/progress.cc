@@ -33,12 +33,36 @@ ProgressReporter::~ProgressReporter() {
 void ProgressReporter::ReportExit(int exit_code) {
   exiting_ = true;
   exit_code_ = exit_code;
-  Report(last_step_, 0.0, 0.0);
+  // This one must arrive (without it the agent takes the exit for a death): wait for
+  // room in the agent's queue, up to 1 s.
+  for (int i = 0; i < 1000 && fd_ >= 0; ++i) {
+    if (Send(last_step_, 0.0, 0.0)) return;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) break;
+    ::usleep(1000);
+  }
+  ++dropped_;
 }
 
 void ProgressReporter::Report(uint64_t step, double loss, double samples_per_second) {
   last_step_ = step;
   if (fd_ < 0) return;
+  // At most one report per kMinIntervalMs (the agent drains its queue every 100 ms and
+  // the queue is short), except a new checkpoint head.
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_sent_ < std::chrono::milliseconds(kMinIntervalMs) &&
+      ckpt_step_ == sent_ckpt_step_) {
+    ++coalesced_;
+    return;
+  }
+  if (Send(step, loss, samples_per_second)) {
+    last_sent_ = now;
+    sent_ckpt_step_ = ckpt_step_;
+  } else {
+    ++dropped_;
+  }
+}
+
+bool ProgressReporter::Send(uint64_t step, double loss, double samples_per_second) {
   cairn::proto::RankProgress msg;
   msg.set_run_id(run_id_);
   msg.set_rank(static_cast<uint32_t>(rank_));
@@ -61,11 +85,9 @@ void ProgressReporter::Report(uint64_t step, double loss, double samples_per_sec
   std::memcpy(addr.sun_path, path_.data(), path_.size());
   ssize_t n = sendto(fd_, bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL,
                      reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
-  if (n == static_cast<ssize_t>(bytes.size())) {
-    ++sent_;
-  } else {
-    ++dropped_;
-  }
+  if (n != static_cast<ssize_t>(bytes.size())) return false;
+  ++sent_;
+  return true;
 }
 
 }  // namespace cairn::rt

@@ -2,13 +2,15 @@
 //
 // Promise: Report() never blocks and never fails the training: each report is one
 // datagram (a serialised cairn.RankProgress) sent non-blocking on a Unix datagram socket
-// to the path in CAIRN_PROGRESS_SOCKET; when the variable is absent, the socket is gone
-// or its queue is full, the report is dropped (and counted). The agent uses the reports
+// to the path in CAIRN_PROGRESS_SOCKET, at most one per kMinIntervalMs (a new checkpoint
+// head always goes out); when the variable is absent, the socket is gone or its queue
+// is full, the report is dropped (and counted). ReportExit() waits up to 1 s for room. The agent uses the reports
 // for hang detection: a rank that stops reporting is stuck.
 //
 // Threading: one thread at a time.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -36,6 +38,8 @@ class ProgressReporter {
   }
   uint64_t sent() const { return sent_; }
   uint64_t dropped() const { return dropped_; }
+  uint64_t coalesced() const { return coalesced_; }  // skipped: too soon after the last
+  static constexpr int kMinIntervalMs = 50;
 
  private:
   std::string path_;
@@ -44,7 +48,12 @@ class ProgressReporter {
   int fd_ = -1;
   uint64_t sent_ = 0;
   uint64_t dropped_ = 0;
+  bool Send(uint64_t step, double loss, double samples_per_second);
+
   uint64_t ckpt_step_ = 0;
+  uint64_t sent_ckpt_step_ = 0;
+  uint64_t coalesced_ = 0;
+  std::chrono::steady_clock::time_point last_sent_{};
   uint64_t last_step_ = 0;
   bool exiting_ = false;
   int exit_code_ = 0;

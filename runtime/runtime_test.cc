@@ -1,4 +1,7 @@
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -215,10 +218,20 @@ TEST(Progress, DatagramsReachTheSocketAndAbsenceIsHarmless) {
   EXPECT_EQ(msg.pid(), static_cast<uint32_t>(getpid()));
   EXPECT_GT(msg.unix_ms(), 0);
   EXPECT_EQ(rep.sent(), 1u);
+  rep.Report(43, 0.4, 1.0);  // right after the last: coalesced
+  EXPECT_EQ(rep.coalesced(), 1u);
+  rep.ReportExit(0);  // always sent: the agent must see a rank exit on its own
+  n = recv(fd, buf, sizeof(buf), 0);
+  ASSERT_GT(n, 0);
+  ASSERT_TRUE(msg.ParseFromArray(buf, static_cast<int>(n)));
+  EXPECT_TRUE(msg.exiting());
+  EXPECT_EQ(msg.exit_code(), 0);
+  EXPECT_EQ(msg.step(), 43u);
 
   close(fd);
   unlink(path.c_str());
-  rep.Report(43, 0.4, 1.0);  // receiver gone: dropped, not an error
+  std::this_thread::sleep_for(std::chrono::milliseconds(ProgressReporter::kMinIntervalMs + 10));
+  rep.Report(44, 0.4, 1.0);  // receiver gone: dropped, not an error
   EXPECT_EQ(rep.dropped(), 1u);
 
   ProgressReporter off("", "run-7", 0);
