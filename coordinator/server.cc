@@ -1,6 +1,7 @@
 #include "coordinator/server.h"
 
 #include <array>
+#include <cstdlib>
 
 #include "common/log.h"
 
@@ -38,9 +39,38 @@ void Server::Stop() {
   boost::system::error_code ec;
   service_->set_orders_changed(nullptr);
   for (auto& [node, timer] : held_) timer->cancel();
+  // What was handled is kept (its clients get the stored replies when they retry).
+  if (auto st = service_->CommitGroup(); !st) {
+    log::Logger("coordinator")->error("stop: {}", st.error().ToString());
+  }
+  committed_.cancel();
   acceptor_.close(ec);
   for (const auto& sock : open_) sock->close(ec);
   open_.clear();
+}
+
+void Server::JoinGroup() {
+  if (auto st = service_->BeginGroup(); !st) {
+    // Without a group each request commits on its own: slower, still correct.
+    log::Logger("coordinator")->warn("group commit: {}", st.error().ToString());
+    return;
+  }
+  if (commit_posted_) return;
+  commit_posted_ = true;
+  asio::post(io_, [this] { CommitGroup(); });
+}
+
+void Server::CommitGroup() {
+  commit_posted_ = false;
+  if (auto st = service_->CommitGroup(); !st) {
+    log::Logger("coordinator")->critical(
+        "the state database could not commit ({}); stopping so that a restart recovers from "
+        "what is durable",
+        st.error().ToString());
+    log::Logger("coordinator")->flush();
+    std::_Exit(70);
+  }
+  committed_.cancel();  // wakes every reply of this group
 }
 
 asio::awaitable<void> Server::Accept() {
@@ -82,6 +112,7 @@ asio::awaitable<void> Server::Serve(std::shared_ptr<tcp::socket> sock) {
         break;
       }
       if (!*next) break;
+      JoinGroup();
       proto::Envelope reply = service_->Handle(**next);
       if (const int64_t hold = reply.has_error() ? 0 : service_->HoldMs(**next); hold > 0) {
         proto::HeartbeatRequest hb;
@@ -95,7 +126,15 @@ asio::awaitable<void> Server::Serve(std::shared_ptr<tcp::socket> sock) {
           close = true;
           break;
         }
+        JoinGroup();
         reply = service_->OrdersReply(**next);
+      }
+      if (service_->group_open()) {
+        co_await committed_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        if (!acceptor_.is_open()) {
+          close = true;
+          break;
+        }
       }
       auto frame = EncodeFrame(reply);
       if (!frame) {

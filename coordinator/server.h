@@ -7,6 +7,12 @@
 // connection are answered in order. Authentication is per request (Service::Handle).
 // Long poll: a heartbeat that asks to wait (Service::HoldMs) is answered when its node's
 // orders change or its wait ends, whichever comes first; only its own connection waits.
+// Group commit: requests are handled inside one open state transaction
+// (Service::BeginGroup); a commit is posted behind the requests already read, and every
+// reply waits for it. Concurrent clients thus share one fsync, and no reply reports an
+// effect that is not durable. A failed group commit stops cairnd (exit code 70): its
+// memory would no longer match its database, and a restart recovers from the database
+// (clients retry; requests are idempotent).
 //
 // Threading: everything runs on the one io_context thread given to Listen (coroutines;
 // no locks). Stop() closes the acceptor and every connection.
@@ -37,8 +43,13 @@ class Server {
 
  private:
   Server(boost::asio::io_context& io, Service* service, uint32_t max_frame)
-      : io_(io), acceptor_(io), service_(service), max_frame_(max_frame) {}
+      : io_(io), acceptor_(io), service_(service), max_frame_(max_frame), committed_(io) {
+    committed_.expires_at(boost::asio::steady_timer::time_point::max());
+  }
   boost::asio::awaitable<void> Accept();
+  // Opens a group if none is open and makes sure its commit is posted.
+  void JoinGroup();
+  void CommitGroup();
   boost::asio::awaitable<void> Serve(std::shared_ptr<boost::asio::ip::tcp::socket> socket);
 
   boost::asio::io_context& io_;
@@ -49,6 +60,9 @@ class Server {
   std::set<std::shared_ptr<boost::asio::ip::tcp::socket>> open_;
   // Held heartbeats by node: cancelled (woken) when the node's orders change.
   std::multimap<std::string, boost::asio::steady_timer*> held_;
+  // Replies waiting for the open group's commit wait on this timer; the commit cancels it.
+  boost::asio::steady_timer committed_;
+  bool commit_posted_ = false;
 };
 
 }  // namespace cairn::coord

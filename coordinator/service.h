@@ -81,6 +81,11 @@ class Service {
     jobs_.set_orders_changed(std::move(fn));
   }
   JobManager& jobs() { return jobs_; }
+  // Group commit (see StateStore::BeginGroup): the server opens a group before handling
+  // requests and commits it before sending their replies.
+  Status BeginGroup() { return store_->BeginGroup(); }
+  Status CommitGroup() { return store_->CommitGroup(); }
+  bool group_open() const { return store_->group_open(); }
 
  private:
   struct NodeLive {

@@ -165,11 +165,20 @@ Status StateStore::Migrate() {
 }
 
 Status StateStore::InTransaction(const std::function<Status()>& body) {
-  if (tx_depth_ > 0) {  // nested: part of the outer transaction
+  if (tx_depth_ > 0) {
+    // Nested (inside another transaction or an open group): a savepoint, so a failing body
+    // undoes only its own writes.
+    const std::string name = fmt::format("sp{}", tx_depth_);
+    CAIRN_RETURN_IF_ERROR(Exec(("SAVEPOINT " + name).c_str()));
     ++tx_depth_;
     Status st = body();
     --tx_depth_;
-    return st;
+    if (!st) {
+      (void)Exec(("ROLLBACK TO " + name).c_str());
+      (void)Exec(("RELEASE " + name).c_str());
+      return st;
+    }
+    return Exec(("RELEASE " + name).c_str());
   }
   CAIRN_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   ++tx_depth_;
@@ -182,6 +191,28 @@ Status StateStore::InTransaction(const std::function<Status()>& body) {
   if (auto c = Exec("COMMIT"); !c) {
     (void)Exec("ROLLBACK");
     return c;
+  }
+  return OkStatus();
+}
+
+Status StateStore::BeginGroup() {
+  if (group_open_) return OkStatus();
+  if (tx_depth_ > 0) {
+    return MakeError(Code::kInternal, "{}: group opened inside a transaction", path_);
+  }
+  CAIRN_RETURN_IF_ERROR(WithContext(Exec("BEGIN IMMEDIATE"), path_ + ": begin group"));
+  group_open_ = true;
+  tx_depth_ = 1;
+  return OkStatus();
+}
+
+Status StateStore::CommitGroup() {
+  if (!group_open_) return OkStatus();
+  group_open_ = false;
+  tx_depth_ = 0;
+  if (auto c = Exec("COMMIT"); !c) {
+    (void)Exec("ROLLBACK");
+    return WithContext(std::move(c), path_ + ": commit group");
   }
   return OkStatus();
 }

@@ -58,7 +58,18 @@ class StateStore {
   const std::string& path() const { return path_; }
 
   // Runs body in one transaction: committed if it returns OK, rolled back otherwise.
+  // Nested calls (and calls while a group is open) are savepoints: a failing body undoes
+  // its own writes only, and the outer transaction or group decides what is committed.
   Status InTransaction(const std::function<Status()>& body);
+
+  // Group commit: BeginGroup opens one transaction that every write until CommitGroup
+  // joins (InTransaction bodies as savepoints, single statements directly), so many
+  // requests share one WAL fsync. Nothing written in a group is durable before
+  // CommitGroup returns OK; the caller holds back every effect visible outside (replies)
+  // until then. A failed CommitGroup has rolled the whole group back.
+  Status BeginGroup();
+  Status CommitGroup();
+  bool group_open() const { return group_open_; }
 
   // The saved reply of (client, request id), if answered before. The same id reused for
   // another method is kInvalidArgument.
@@ -111,6 +122,7 @@ class StateStore {
   sqlite3* db_;
   std::string path_;
   int tx_depth_ = 0;
+  bool group_open_ = false;
 };
 
 }  // namespace cairn::coord

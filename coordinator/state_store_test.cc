@@ -170,6 +170,58 @@ TEST_F(StateStoreTest, FailedTransactionLeavesNothing) {
   EXPECT_EQ(*s->CreateJob(Spec("ok"), 2), "job-000001");
 }
 
+// A group: writes of several requests share one commit; a failing request inside it
+// undoes only its own writes; nothing is visible to another connection before the commit.
+TEST_F(StateStoreTest, GroupCommitsTogetherAndFailedMembersLeaveNothing) {
+  auto s = OpenOrDie();
+  ASSERT_TRUE(s);
+  ASSERT_TRUE(s->BeginGroup());
+  EXPECT_TRUE(s->group_open());
+  ASSERT_TRUE(s->InTransaction([&]() -> Status {
+    CAIRN_RETURN_IF_ERROR(s->CreateJob(Spec("first"), 1));
+    return s->AppendEvent("job-000001", "submitted", "", 1);
+  }));
+  auto failed = s->InTransaction([&]() -> Status {
+    CAIRN_RETURN_IF_ERROR(s->CreateJob(Spec("doomed"), 2));
+    CAIRN_RETURN_IF_ERROR(s->AppendEvent("job-000002", "submitted", "", 2));
+    return MakeError(Code::kInvalidArgument, "rejected after its insert");
+  });
+  ASSERT_FALSE(failed);
+  ASSERT_TRUE(s->AppendEvent("", "single-statement", "joins the group", 3));
+  ASSERT_TRUE(s->CreateJob(Spec("third"), 4));  // its own InTransaction: a savepoint
+
+  // Another connection sees nothing yet.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  auto count = [&](const char* sql) {
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(db, sql, -1, &st, nullptr);
+    sqlite3_step(st);
+    const int64_t n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+  };
+  EXPECT_EQ(count("SELECT count(*) FROM jobs"), 0);
+  ASSERT_TRUE(s->CommitGroup());
+  EXPECT_FALSE(s->group_open());
+  EXPECT_EQ(count("SELECT count(*) FROM jobs"), 2);
+  EXPECT_EQ(count("SELECT count(*) FROM events"), 2);
+  sqlite3_close(db);
+
+  auto jobs = s->ListJobs(true);
+  ASSERT_TRUE(jobs);
+  ASSERT_EQ(jobs->size(), 2u);
+  EXPECT_EQ((*jobs)[0].spec().name(), "first");
+  EXPECT_EQ((*jobs)[1].spec().name(), "third");
+  EXPECT_EQ((*jobs)[1].job_id(), "job-000002");  // the failed member's id was not burnt
+  // Committing with no group open is a no-op; a new group works.
+  EXPECT_TRUE(s->CommitGroup());
+  ASSERT_TRUE(s->BeginGroup());
+  ASSERT_TRUE(s->CreateJob(Spec("fourth"), 5));
+  ASSERT_TRUE(s->CommitGroup());
+  EXPECT_EQ(s->ListJobs(true)->size(), 3u);
+}
+
 // kill -9 of the writing process: committed state is there after reopening; a
 // transaction in flight is not there at all.
 TEST_F(StateStoreTest, SurvivesKillNineOfTheWriter) {

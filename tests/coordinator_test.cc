@@ -10,8 +10,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <set>
 #include <thread>
 
 #include "common/io.h"
@@ -254,6 +257,69 @@ TEST_F(CoordinatorTest, KillNineAndRestartLosesNothingAndClientsRetry) {
   proto::SubmitJobReply sr;
   ASSERT_TRUE(sr.ParseFromString(*reply));
   EXPECT_EQ(sr.job_id(), "job-000002");
+}
+
+// Group commit under load: 8 clients submit concurrently, cairnd is SIGKILLed in the
+// middle. Every job whose id a client received is in the restarted cairnd, ids are
+// unique, and a retry of the interrupted requests (same request ids) creates no second job.
+TEST_F(CoordinatorTest, ConcurrentSubmitsAcknowledgedBeforeKillNineAreAllKept) {
+  constexpr int kClients = 8;
+  constexpr int kPerClient = 100;
+  std::mutex mu;
+  std::set<std::string> acknowledged;
+  std::atomic<int> done{0};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      auto client = coord::Client::Connect(dir_, "load-" + std::to_string(c));
+      if (!client) {
+        ADD_FAILURE() << client.error().ToString();
+        return;
+      }
+      proto::SubmitJobRequest req;
+      req.mutable_spec()->add_command("/bin/true");
+      req.mutable_spec()->set_name("load-" + std::to_string(c));
+      req.mutable_spec()->set_ranks(1);
+      for (int i = 0; i < kPerClient; ++i) {
+        // Calls retry over reconnects (same request id) until cairnd is back.
+        auto reply = (*client)->Call("SubmitJob", req.SerializeAsString(), std::chrono::seconds(30));
+        if (!reply) {
+          ADD_FAILURE() << reply.error().ToString();
+          return;
+        }
+        proto::SubmitJobReply sr;
+        if (!sr.ParseFromString(*reply)) return;
+        std::lock_guard lock(mu);
+        EXPECT_TRUE(acknowledged.insert(sr.job_id()).second) << "id given twice: " << sr.job_id();
+        ++done;
+      }
+    });
+  }
+  // Kill once some submits are through (bounded wait), then restart.
+  for (int i = 0; i < 200 && done.load() < kClients * kPerClient / 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  cairnd_->Kill(SIGKILL);
+  const int at_kill = done.load();
+  EXPECT_LT(at_kill, kClients * kPerClient) << "the kill came after the last submit";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(cairnd_->Start());
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(done.load(), kClients * kPerClient);
+
+  auto client = coord::Client::Connect(dir_);
+  ASSERT_TRUE(client);
+  proto::ListJobsRequest lr;
+  lr.set_include_finished(true);
+  auto reply = (*client)->Call("ListJobs", lr.SerializeAsString());
+  ASSERT_TRUE(reply) << reply.error().ToString();
+  proto::ListJobsReply jobs;
+  ASSERT_TRUE(jobs.ParseFromString(*reply));
+  std::set<std::string> stored;
+  for (const auto& j : jobs.jobs()) stored.insert(j.job_id());
+  for (const auto& id : acknowledged) EXPECT_TRUE(stored.contains(id)) << id << " was lost";
+  // Exactly one job per request: nothing created twice by the retries.
+  EXPECT_EQ(stored.size(), static_cast<std::size_t>(kClients * kPerClient));
 }
 
 TEST_F(CoordinatorTest, BadJobSpecsAreNamed) {
