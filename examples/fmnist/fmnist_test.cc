@@ -75,6 +75,67 @@ TEST(Idx, LoadsAValidGzipAndPlainSplit) {
   EXPECT_EQ(s->pixels[785], 785 % 251);
 }
 
+// The decompressed cache: a miss fills it, a hit returns the same bytes, and a changed
+// source or a tampered/torn entry is a miss that decompresses the source again.
+TEST(Idx, DecompressedCacheIsVerifiedAndNeverChangesWhatIsLoaded) {
+  TempDir d;
+  WriteGz(d.Sub("i.gz"), Images(0x803, 5, 28, 28, 5 * 784));
+  WriteGz(d.Sub("l.gz"), Labels(0x801, 5, {1, 2, 3, 4, 5}));
+  DataCache cache;
+  cache.dir = d.Sub("cache");
+  auto first = LoadSplit(d.Sub("i.gz"), d.Sub("l.gz"), &cache);
+  ASSERT_TRUE(first) << first.error().ToString();
+  EXPECT_EQ(cache.misses, 2);
+  EXPECT_EQ(cache.hits, 0);
+
+  auto second = LoadSplit(d.Sub("i.gz"), d.Sub("l.gz"), &cache);
+  ASSERT_TRUE(second) << second.error().ToString();
+  EXPECT_EQ(cache.hits, 2);
+  EXPECT_EQ(second->pixels, first->pixels);
+  EXPECT_EQ(second->labels, first->labels);
+
+  // Tamper with one cached pixel: the digest catches it; the source is read again.
+  std::string entry;
+  for (const auto& e : std::filesystem::directory_iterator(cache.dir)) {
+    if (e.path().filename().string().starts_with("i.gz.")) entry = e.path().string();
+  }
+  ASSERT_FALSE(entry.empty());
+  {
+    std::fstream f(entry, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-10, std::ios::end);
+    f.put('\x7f');
+  }
+  cache = DataCache{.dir = d.Sub("cache")};
+  auto third = LoadSplit(d.Sub("i.gz"), d.Sub("l.gz"), &cache);
+  ASSERT_TRUE(third);
+  EXPECT_EQ(cache.misses, 1);
+  EXPECT_EQ(third->pixels, first->pixels);
+  // ... and the entry was rewritten: the next load hits again.
+  cache = DataCache{.dir = d.Sub("cache")};
+  ASSERT_TRUE(LoadSplit(d.Sub("i.gz"), d.Sub("l.gz"), &cache));
+  EXPECT_EQ(cache.hits, 2);
+
+  // A torn entry (cut short) is a miss.
+  std::filesystem::resize_file(entry, std::filesystem::file_size(entry) / 2);
+  cache = DataCache{.dir = d.Sub("cache"), .write = false};
+  ASSERT_TRUE(LoadSplit(d.Sub("i.gz"), d.Sub("l.gz"), &cache));
+  EXPECT_EQ(cache.misses, 1);
+
+  // A new source (same name, other content): the cache follows it.
+  WriteGz(d.Sub("l.gz"), Labels(0x801, 5, {9, 9, 9, 9, 9}));
+  cache = DataCache{.dir = d.Sub("cache")};
+  auto fourth = LoadSplit(d.Sub("i.gz"), d.Sub("l.gz"), &cache);
+  ASSERT_TRUE(fourth);
+  EXPECT_EQ(fourth->labels, (std::vector<uint8_t>{9, 9, 9, 9, 9}));
+
+  // A bad source is still named, cache or not.
+  WriteGz(d.Sub("l.gz"), Labels(0x801, 5, {1, 2, 3, 4, 10}));
+  cache = DataCache{.dir = d.Sub("cache")};
+  auto bad = LoadSplit(d.Sub("i.gz"), d.Sub("l.gz"), &cache);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(ErrorOf(bad).find("l.gz: label 10 at index 4"), std::string::npos) << ErrorOf(bad);
+}
+
 TEST(Idx, EveryKindOfBadFileIsNamed) {
   TempDir d;
   const std::string good_labels = Labels(0x801, 2, {1, 2});

@@ -55,6 +55,7 @@ constexpr uint64_t kAugmentStream = 0xa06;
 
 struct Options {
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  std::string data_cache = fmnist::DefaultDataCacheDir();  // "" or "none": off
   int epochs = 3;
   uint64_t steps = 0;  // 0: all steps of --epochs
   int batch = 64;
@@ -94,6 +95,7 @@ int64_t UnixMs() {
 // When this process reached each stage of its start (for the restart benchmark).
 struct Startup {
   int64_t process_start_ms = 0, mpi_ready_ms = 0, data_ready_ms = 0, resume_ms = 0;
+  const char* data_cache = "off";  // hit, miss or off
 };
 Startup g_startup;
 
@@ -681,11 +683,11 @@ Result<int> Trainer::Run() {
     if (step == first_step && comm_->rank() == 0) {
       std::fprintf(stderr,
                    "startup: process_start_unix_ms=%lld mpi_init_ms=%lld data_load_ms=%lld "
-                   "resume_ms=%lld first_step_unix_ms=%lld\n",
+                   "data_cache=%s resume_ms=%lld first_step_unix_ms=%lld\n",
                    static_cast<long long>(g_startup.process_start_ms),
                    static_cast<long long>(g_startup.mpi_ready_ms - g_startup.process_start_ms),
                    static_cast<long long>(g_startup.data_ready_ms - g_startup.mpi_ready_ms),
-                   static_cast<long long>(g_startup.resume_ms), static_cast<long long>(UnixMs()));
+                   g_startup.data_cache, static_cast<long long>(g_startup.resume_ms), static_cast<long long>(UnixMs()));
     }
     const auto now = std::chrono::steady_clock::now();
     const double dt = std::chrono::duration<double>(now - t_last).count();
@@ -779,6 +781,10 @@ int main(int argc, char** argv) {
   fmnist::Options o;
   app.add_option("--data-dir", o.data_dir, "Directory of the IDX (.gz) files")
       ->capture_default_str();
+  app.add_option("--data-cache", o.data_cache,
+                 "Directory for the decompressed dataset, verified by SHA-256 on every load "
+                 "('none': off; default $CAIRN_DATA_CACHE, else ~/.cache/cairn/datasets)")
+      ->capture_default_str();
   app.add_option("--epochs", o.epochs, "Epochs to train")->capture_default_str();
   app.add_option("--steps", o.steps,
                  "Stop after this many optimizer steps of the whole run (0: all epochs)");
@@ -844,7 +850,11 @@ int main(int argc, char** argv) {
                             "with mpirun or srun --mpi=pmix",
                             launch->launcher, launch->world_size, (*comm)->size())));
     }
-    auto data = fmnist::LoadDataset(o.data_dir);
+    fmnist::DataCache cache;
+    if (o.data_cache != "none") cache.dir = o.data_cache;
+    cache.write = launch->local_rank == 0;  // one writer per node
+    auto data = fmnist::LoadDataset(o.data_dir, &cache);
+    if (!cache.dir.empty()) fmnist::g_startup.data_cache = cache.misses == 0 ? "hit" : "miss";
     if (!data) return ReportError("cairn-fmnist", data.error().With(fmt::format("rank {}", (*comm)->rank())));
     fmnist::g_startup.data_ready_ms = fmnist::UnixMs();
     fmnist::Trainer trainer(o, *launch, comm->get(), &*data);
