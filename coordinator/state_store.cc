@@ -127,14 +127,17 @@ Status StateStore::Migrate() {
                      "run a newer cairnd",
                      path_, version, kSchemaVersion);
   }
-  // version 0: empty database, or a SQLite file that is not ours.
-  CAIRN_ASSIGN_OR_RETURN(auto t, Prepare("SELECT count(*) FROM sqlite_master"));
-  CAIRN_ASSIGN_OR_RETURN(bool trow, t.Step());
-  if (trow && t.Int(0) > 0) {
-    return MakeError(Code::kFailedPrecondition,
-                     "{}: an SQLite database that is not a cairn state database", path_);
+  if (version == 0) {
+    // An empty database, or a SQLite file that is not ours.
+    CAIRN_ASSIGN_OR_RETURN(auto t, Prepare("SELECT count(*) FROM sqlite_master"));
+    CAIRN_ASSIGN_OR_RETURN(bool trow, t.Step());
+    if (trow && t.Int(0) > 0) {
+      return MakeError(Code::kFailedPrecondition,
+                       "{}: an SQLite database that is not a cairn state database", path_);
+    }
   }
-  return InTransaction([&]() -> Status {
+  if (version == 0) {
+    CAIRN_RETURN_IF_ERROR(InTransaction([&]() -> Status {
     return Exec(R"sql(
       CREATE TABLE jobs(
         id TEXT PRIMARY KEY, seq INTEGER UNIQUE NOT NULL, spec BLOB NOT NULL,
@@ -160,6 +163,27 @@ Status StateStore::Migrate() {
         client_id TEXT NOT NULL, request_id INTEGER NOT NULL, method TEXT NOT NULL,
         reply BLOB NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY(client_id, request_id));
       PRAGMA user_version = 1;
+    )sql");
+    }));
+  }
+  // Version 2: provenance (records per attempt, submitted code, attestations, what each
+  // attempt actually resumed from).
+  return InTransaction([&]() -> Status {
+    return Exec(R"sql(
+      CREATE TABLE provenance(
+        job_id TEXT NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL,
+        digest TEXT NOT NULL, record BLOB NOT NULL, PRIMARY KEY(job_id, attempt));
+      CREATE TABLE job_code(job_id TEXT PRIMARY KEY REFERENCES jobs(id), code BLOB NOT NULL);
+      CREATE TABLE attestations(
+        id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL REFERENCES jobs(id),
+        attempt INTEGER NOT NULL, step INTEGER NOT NULL, subject TEXT NOT NULL,
+        name TEXT NOT NULL, path TEXT NOT NULL, at_ms INTEGER NOT NULL,
+        UNIQUE(job_id, subject, name));
+      CREATE TABLE job_links(
+        job_id TEXT NOT NULL REFERENCES jobs(id), parent_job TEXT NOT NULL,
+        via TEXT NOT NULL, PRIMARY KEY(job_id, parent_job, via));
+      ALTER TABLE runs ADD COLUMN resumed_loaded TEXT NOT NULL DEFAULT '';
+      PRAGMA user_version = 2;
     )sql");
   });
 }
@@ -471,6 +495,125 @@ Result<std::vector<EventRecord>> StateStore::Events(const std::string& job_id, i
     CAIRN_ASSIGN_OR_RETURN(bool row, WithContext(q.Step(), path_));
     if (!row) break;
     out.push_back({q.Int(0), q.Text(1), q.Int(2), q.Text(3), q.Text(4)});
+  }
+  return out;
+}
+
+// ---- provenance -----------------------------------------------------------------
+
+Status StateStore::SaveJobCode(const std::string& job_id, const std::string& code) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("INSERT OR REPLACE INTO job_code(job_id, code) "
+                                         "VALUES(?1, ?2)"));
+  q.Bind(1, job_id).BindBlob(2, code);
+  return WithContext(q.Run(), path_ + ": save code version");
+}
+
+Result<std::optional<std::string>> StateStore::JobCode(const std::string& job_id) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("SELECT code FROM job_code WHERE job_id=?1"));
+  q.Bind(1, job_id);
+  CAIRN_ASSIGN_OR_RETURN(bool row, WithContext(q.Step(), path_));
+  if (!row) return std::optional<std::string>();
+  return std::optional<std::string>(q.Text(0));
+}
+
+Status StateStore::SaveProvenance(const std::string& job_id, uint32_t attempt,
+                                  const std::string& digest_hex, const std::string& record) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("INSERT OR REPLACE INTO provenance(job_id, attempt, "
+                                         "digest, record) VALUES(?1, ?2, ?3, ?4)"));
+  q.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt)).Bind(3, digest_hex).BindBlob(4, record);
+  return WithContext(q.Run(), path_ + ": save provenance");
+}
+
+Result<std::vector<ProvenanceRow>> StateStore::Provenance(const std::string& job_id) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare(
+      "SELECT p.attempt, p.digest, p.record, COALESCE(r.resumed_loaded, '') FROM provenance p "
+      "LEFT JOIN runs r ON r.job_id = p.job_id AND r.attempt = p.attempt "
+      "WHERE p.job_id=?1 ORDER BY p.attempt"));
+  q.Bind(1, job_id);
+  std::vector<ProvenanceRow> out;
+  for (;;) {
+    CAIRN_ASSIGN_OR_RETURN(bool row, WithContext(q.Step(), path_));
+    if (!row) break;
+    ProvenanceRow r;
+    r.attempt = static_cast<uint32_t>(q.Int(0));
+    r.digest_hex = q.Text(1);
+    r.record = q.Text(2);
+    r.resumed_loaded = q.Text(3);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Status StateStore::SetResumedLoaded(const std::string& job_id, uint32_t attempt,
+                                    const std::string& manifest_hex) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("UPDATE runs SET resumed_loaded=?3 WHERE job_id=?1 AND "
+                                         "attempt=?2"));
+  q.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt)).Bind(3, manifest_hex);
+  return WithContext(q.Run(), path_);
+}
+
+Result<bool> StateStore::AddAttestation(const AttestationRow& a) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare(
+      "INSERT OR IGNORE INTO attestations(job_id, attempt, step, subject, name, path, at_ms) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"));
+  q.Bind(1, a.job_id).Bind(2, static_cast<int64_t>(a.attempt)).Bind(3, static_cast<int64_t>(a.step));
+  q.Bind(4, a.subject_hex).Bind(5, a.name).Bind(6, a.path).Bind(7, a.at_ms);
+  CAIRN_RETURN_IF_ERROR(WithContext(q.Run(), path_ + ": record attestation"));
+  return sqlite3_changes(db_) > 0;
+}
+
+Result<std::vector<AttestationRow>> StateStore::Attestations(const std::string& job_id) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("SELECT job_id, attempt, step, subject, name, path, "
+                                         "at_ms FROM attestations WHERE job_id=?1 ORDER BY id"));
+  q.Bind(1, job_id);
+  std::vector<AttestationRow> out;
+  for (;;) {
+    CAIRN_ASSIGN_OR_RETURN(bool row, WithContext(q.Step(), path_));
+    if (!row) break;
+    AttestationRow a;
+    a.job_id = q.Text(0);
+    a.attempt = static_cast<uint32_t>(q.Int(1));
+    a.step = static_cast<uint64_t>(q.Int(2));
+    a.subject_hex = q.Text(3);
+    a.name = q.Text(4);
+    a.path = q.Text(5);
+    a.at_ms = q.Int(6);
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+Result<std::vector<std::string>> StateStore::JobsWithSubject(const std::string& subject_hex) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("SELECT DISTINCT job_id FROM attestations WHERE "
+                                         "subject=?1 ORDER BY job_id"));
+  q.Bind(1, subject_hex);
+  std::vector<std::string> out;
+  for (;;) {
+    CAIRN_ASSIGN_OR_RETURN(bool row, WithContext(q.Step(), path_));
+    if (!row) break;
+    out.push_back(q.Text(0));
+  }
+  return out;
+}
+
+Status StateStore::AddLink(const std::string& job_id, const std::string& parent_job,
+                           const std::string& via) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("INSERT OR IGNORE INTO job_links(job_id, parent_job, "
+                                         "via) VALUES(?1, ?2, ?3)"));
+  q.Bind(1, job_id).Bind(2, parent_job).Bind(3, via);
+  return WithContext(q.Run(), path_ + ": link jobs");
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> StateStore::Links(
+    const std::string& job_id) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("SELECT parent_job, via FROM job_links WHERE job_id=?1 "
+                                         "ORDER BY parent_job, via"));
+  q.Bind(1, job_id);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (;;) {
+    CAIRN_ASSIGN_OR_RETURN(bool row, WithContext(q.Step(), path_));
+    if (!row) break;
+    out.emplace_back(q.Text(0), q.Text(1));
   }
   return out;
 }

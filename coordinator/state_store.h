@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -46,9 +47,27 @@ struct EventRecord {
   std::string message;
 };
 
+struct ProvenanceRow {
+  uint32_t attempt = 0;
+  std::string digest_hex;      // RecordDigest of the record
+  std::string record;          // serialized proto::ProvenanceRecord
+  std::string resumed_loaded;  // manifest (hex) the attempt reported it loaded, if any
+};
+
+// One signed attestation (a DSSE file under the state directory).
+struct AttestationRow {
+  std::string job_id;
+  uint32_t attempt = 0;
+  uint64_t step = 0;          // checkpoint step; for the final model, its step too
+  std::string subject_hex;    // manifest digest
+  std::string name;           // "checkpoint step N" or "final"
+  std::string path;           // the envelope file
+  int64_t at_ms = 0;
+};
+
 class StateStore {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;  // 1 -> 2 migrates in place
 
   static Result<std::unique_ptr<StateStore>> Open(const std::string& path);
   ~StateStore();
@@ -110,6 +129,23 @@ class StateStore {
   Status AppendEvent(const std::string& job_id, const std::string& kind,
                      const std::string& message, int64_t now_ms);
   Result<std::vector<EventRecord>> Events(const std::string& job_id, int64_t after_id = 0);
+
+  // Provenance: the code a job was submitted from (serialized proto::CodeVersion), one
+  // record per attempt, attestations, links between jobs.
+  Status SaveJobCode(const std::string& job_id, const std::string& code);
+  Result<std::optional<std::string>> JobCode(const std::string& job_id);
+  Status SaveProvenance(const std::string& job_id, uint32_t attempt, const std::string& digest_hex,
+                        const std::string& record);
+  Result<std::vector<ProvenanceRow>> Provenance(const std::string& job_id);
+  Status SetResumedLoaded(const std::string& job_id, uint32_t attempt,
+                          const std::string& manifest_hex);
+  // False when this (job, subject, name) was attested already.
+  Result<bool> AddAttestation(const AttestationRow& a);
+  Result<std::vector<AttestationRow>> Attestations(const std::string& job_id);
+  Result<std::vector<std::string>> JobsWithSubject(const std::string& subject_hex);
+  Status AddLink(const std::string& job_id, const std::string& parent_job, const std::string& via);
+  // (parent job, via) pairs.
+  Result<std::vector<std::pair<std::string, std::string>>> Links(const std::string& job_id);
 
  private:
   class Stmt;

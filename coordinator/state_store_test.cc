@@ -56,7 +56,7 @@ TEST_F(StateStoreTest, DurabilitySettings) {
     return v;
   };
   EXPECT_EQ(pragma("PRAGMA journal_mode"), "wal");
-  EXPECT_EQ(pragma("PRAGMA user_version"), "1");
+  EXPECT_EQ(pragma("PRAGMA user_version"), "2");
   sqlite3_close(db);
 }
 
@@ -261,6 +261,62 @@ TEST_F(StateStoreTest, SurvivesKillNineOfTheWriter) {
   ASSERT_EQ(jobs->size(), 20u);
   for (const auto& j : *jobs) EXPECT_EQ(j.spec().name(), "committed");
   EXPECT_EQ(*s->CreateJob(Spec("next"), 100), "job-000021");
+}
+
+// A version-1 database (before provenance) is migrated in place and keeps its jobs.
+TEST_F(StateStoreTest, VersionOneDatabaseIsMigrated) {
+  {
+    auto s = OpenOrDie();
+    ASSERT_TRUE(s);
+    ASSERT_TRUE(s->CreateJob(Spec("old"), 1));
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "DROP TABLE provenance; DROP TABLE job_code; DROP TABLE attestations; "
+                         "DROP TABLE job_links; ALTER TABLE runs DROP COLUMN resumed_loaded; "
+                         "PRAGMA user_version = 1;",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  auto s = OpenOrDie();
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->ListJobs(true)->size(), 1u);
+  ASSERT_TRUE(s->SaveProvenance("job-000001", 1, "ab", "record"));
+  auto p = s->Provenance("job-000001");
+  ASSERT_TRUE(p) << p.error().ToString();
+  ASSERT_EQ(p->size(), 1u);
+  EXPECT_EQ((*p)[0].digest_hex, "ab");
+}
+
+TEST_F(StateStoreTest, ProvenanceAttestationsAndLinksRoundTrip) {
+  auto s = OpenOrDie();
+  ASSERT_TRUE(s);
+  ASSERT_TRUE(s->CreateJob(Spec("parent"), 1));
+  ASSERT_TRUE(s->CreateJob(Spec("child"), 2));
+  ASSERT_TRUE(s->SaveJobCode("job-000002", "code-bytes"));
+  EXPECT_EQ(**s->JobCode("job-000002"), "code-bytes");
+  EXPECT_FALSE(s->JobCode("job-000001")->has_value());
+  ASSERT_TRUE(s->BeginRun("job-000002", "p", "", 0, 3));
+  ASSERT_TRUE(s->SaveProvenance("job-000002", 1, "d1", "r1"));
+  ASSERT_TRUE(s->SetResumedLoaded("job-000002", 1, "m0"));
+  auto p = s->Provenance("job-000002");
+  ASSERT_TRUE(p);
+  ASSERT_EQ(p->size(), 1u);
+  EXPECT_EQ((*p)[0].resumed_loaded, "m0");
+  AttestationRow a{.job_id = "job-000001", .attempt = 1, .step = 100, .subject_hex = "aa",
+                   .name = "checkpoint step 100", .path = "/x", .at_ms = 4};
+  EXPECT_TRUE(*s->AddAttestation(a));
+  EXPECT_FALSE(*s->AddAttestation(a));  // the same one twice: recorded once
+  EXPECT_EQ(s->Attestations("job-000001")->size(), 1u);
+  EXPECT_EQ(*s->JobsWithSubject("aa"), std::vector<std::string>{"job-000001"});
+  ASSERT_TRUE(s->AddLink("job-000002", "job-000001", "model input /x"));
+  ASSERT_TRUE(s->AddLink("job-000002", "job-000001", "model input /x"));
+  auto links = s->Links("job-000002");
+  ASSERT_TRUE(links);
+  ASSERT_EQ(links->size(), 1u);
+  EXPECT_EQ((*links)[0].first, "job-000001");
 }
 
 TEST_F(StateStoreTest, ForeignCorruptAndNewerFilesAreRefusedByName) {

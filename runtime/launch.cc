@@ -65,6 +65,7 @@ Result<LaunchInfo> ReadLaunchContract(const EnvLookup& env) {
   info.run_id = str("CAIRN_RUN_ID");
   info.progress_socket = str("CAIRN_PROGRESS_SOCKET");
   info.ckpt_dir = str("CAIRN_CKPT_DIR");
+  info.provenance_digest = str("CAIRN_PROVENANCE_DIGEST");
   return info;
 }
 

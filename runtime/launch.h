@@ -34,6 +34,7 @@ struct LaunchInfo {
   std::string run_id;
   std::string progress_socket;
   std::string ckpt_dir;
+  std::string provenance_digest;  // CAIRN_PROVENANCE_DIGEST (hex), bound into manifests
 };
 
 using EnvLookup = std::function<const char*(const char*)>;

@@ -36,6 +36,9 @@ class ProgressReporter {
     ckpt_step_ = step;
     ckpt_head_ = std::move(head_hex);
   }
+  // The checkpoint this attempt resumed from (manifest digest, hex), carried by every
+  // later report: the orchestrator records it as the attempt's provenance.
+  void SetResumedFrom(std::string manifest_hex) { resumed_from_ = std::move(manifest_hex); }
   uint64_t sent() const { return sent_; }
   uint64_t dropped() const { return dropped_; }
   uint64_t coalesced() const { return coalesced_; }  // skipped: too soon after the last
@@ -58,6 +61,7 @@ class ProgressReporter {
   bool exiting_ = false;
   int exit_code_ = 0;
   std::string ckpt_head_;
+  std::string resumed_from_;
 };
 
 }  // namespace cairn::rt

@@ -27,7 +27,7 @@ bool Inherited(std::string_view kv) {
   static constexpr std::string_view kDrop[] = {
       "OMPI_COMM_WORLD_", "OMPI_UNIVERSE_SIZE", "PMIX_", "CAIRN_RANK=", "CAIRN_WORLD_SIZE=",
       "CAIRN_LOCAL_RANK=", "CAIRN_RUN_ID=", "CAIRN_JOB_ID=", "CAIRN_ATTEMPT=",
-      "CAIRN_PROGRESS_SOCKET=", "CAIRN_EXPECTED_HEAD=", "RANK=", "LOCAL_RANK=", "WORLD_SIZE=",
+      "CAIRN_PROGRESS_SOCKET=", "CAIRN_EXPECTED_HEAD=", "CAIRN_PROVENANCE_DIGEST=", "RANK=", "LOCAL_RANK=", "WORLD_SIZE=",
       "LOCAL_WORLD_SIZE=", "GROUP_RANK=", "MASTER_ADDR=", "MASTER_PORT=", "CUDA_VISIBLE_DEVICES="};
   for (auto d : kDrop) {
     if (kv.starts_with(d)) return false;
@@ -244,6 +244,9 @@ std::vector<std::string> Agent::BaseEnv(const proto::LaunchOrder& o) const {
   Set(env, "CAIRN_ATTEMPT", std::to_string(o.attempt()));
   Set(env, "CAIRN_STATE_DIR", config_.state_dir);
   if (!o.expected_head().empty()) Set(env, "CAIRN_EXPECTED_HEAD", o.expected_head());
+  if (!o.provenance_digest().empty()) {
+    Set(env, "CAIRN_PROVENANCE_DIGEST", o.provenance_digest());
+  }
   if (!o.spec().checkpoint_dir().empty()) Set(env, "CAIRN_CKPT_DIR", o.spec().checkpoint_dir());
   if (!Has(env, "OMP_NUM_THREADS")) {
     Set(env, "OMP_NUM_THREADS", std::to_string(std::max(1u, o.spec().cpus_per_rank())));
@@ -286,6 +289,7 @@ bool Agent::Start(LocalRun& run) {
                              "--output-filename", logs, "--merge-stderr-to-stdout"});
     std::vector<std::string> forward = {"CAIRN_RUN_ID", "CAIRN_JOB_ID", "CAIRN_ATTEMPT"};
     if (!o.expected_head().empty()) forward.push_back("CAIRN_EXPECTED_HEAD");
+    if (!o.provenance_digest().empty()) forward.push_back("CAIRN_PROVENANCE_DIGEST");
     if (!o.spec().checkpoint_dir().empty()) forward.push_back("CAIRN_CKPT_DIR");
     for (const auto& [k, v] : o.spec().env()) forward.push_back(k);
     for (const auto& k : forward) argv.insert(argv.end(), {"-x", k});

@@ -398,6 +398,7 @@ Status Trainer::Resume() {
   if (comm_->rank() == 0) {
     reported_ckpt_step_ = r.step();
     progress_.SetCheckpoint(r.step(), Hex(r.digest()));
+    progress_.SetResumedFrom(Hex(r.digest()));
     log::Logger("fmnist")->info("resumed from step {} (epoch {}, batch {}) of {}: manifest {}",
                                 r.step(), r.step() / steps_per_epoch_ + 1,
                                 r.step() % steps_per_epoch_, opt_.ckpt_dir, Hex(r.digest()));
@@ -664,6 +665,11 @@ Result<int> Trainer::Run() {
     wo.agreement = agreement_.get();
     wo.retention = {opt_.keep_last, opt_.keep_every};
     wo.expected_head = expected_head_;
+    if (!launch_.provenance_digest.empty()) {
+      CAIRN_ASSIGN_OR_RETURN(wo.provenance_digest,
+                             WithContext(ckpt::DigestFromHex(launch_.provenance_digest),
+                                         "CAIRN_PROVENANCE_DIGEST"));
+    }
     CAIRN_ASSIGN_OR_RETURN(writer_, ckpt::CheckpointWriter::Open(wo));
   }
   if (comm_->rank() == 0) {
