@@ -110,10 +110,10 @@ Result<proto::CodeVersion> DescribeCode(const std::string& workdir, const CodeOp
     CAIRN_ASSIGN_OR_RETURN(base, git.Output({"hash-object", "-t", "tree", "/dev/null"}));
   }
   CAIRN_ASSIGN_OR_RETURN(
-      RunResult diff,
-      git.Run({"-c", "core.quotePath=true", "diff", base, "--binary", "--no-color", "--no-ext-diff",
-               "--no-textconv", "--no-renames", "--src-prefix=a/", "--dst-prefix=b/", "--"},
-              options.max_diff_bytes));
+      RunResult diff, git.Run({"-c", "core.quotePath=true", "diff", base, "--binary", "--no-color",
+                               "--no-ext-diff", "--no-textconv", "--no-renames", "--no-relative",
+                               "--src-prefix=a/", "--dst-prefix=b/", "--"},
+                              options.max_diff_bytes));
   if (diff.exit_code != 0) {
     return MakeError(Code::kFailedPrecondition, "git diff in {} failed: {}", workdir,
                      diff.ErrSummary());
@@ -124,10 +124,12 @@ Result<proto::CodeVersion> DescribeCode(const std::string& workdir, const CodeOp
   if (!diff.out_truncated) cv.set_diff(std::move(diff.out));
 
   // Without -z and with core.quotePath on, git C-quotes names with unusual bytes, so
-  // every listed path is ASCII (a proto string must be valid UTF-8).
-  CAIRN_ASSIGN_OR_RETURN(RunResult untracked, git.Run({"-c", "core.quotePath=true", "ls-files",
-                                                       "--others", "--exclude-standard"},
-                                                      options.max_untracked_bytes));
+  // every listed path is ASCII (a proto string must be valid UTF-8). ":/" and
+  // --full-name: the whole work tree, relative to its top, from any subdirectory.
+  CAIRN_ASSIGN_OR_RETURN(RunResult untracked,
+                         git.Run({"-c", "core.quotePath=true", "ls-files", "--others",
+                                  "--exclude-standard", "--full-name", "--", ":/"},
+                                 options.max_untracked_bytes));
   if (untracked.exit_code != 0) {
     return MakeError(Code::kFailedPrecondition, "git ls-files in {} failed: {}", workdir,
                      untracked.ErrSummary());

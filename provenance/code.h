@@ -9,12 +9,14 @@
 //   diff        `git diff HEAD --binary` (staged and unstaged changes to tracked files,
 //               against the empty tree when there is no commit yet), with options fixed so
 //               that the bytes do not depend on the user's git configuration: no colour,
-//               no external diff or textconv, no rename detection, a/ and b/ prefixes
+//               no external diff or textconv, no rename detection, a/ and b/ prefixes,
+//               paths from the top of the work tree even when workdir is below it
 //   diff_size, diff_sha256  over the whole diff, always
 //   diff_too_large  the diff exceeded max_diff_bytes: `diff` is left empty, size and
 //               digest are still those of the whole diff
-//   untracked   `git ls-files --others --exclude-standard`: paths (not contents), one per
-//               entry, C-quoted by git when they hold unusual bytes (core.quotePath)
+//   untracked   `git ls-files --others --exclude-standard` over the whole work tree:
+//               paths from its top (not contents), C-quoted by git when they hold
+//               unusual bytes (core.quotePath)
 //   dirty       a non-empty diff or any untracked file
 // A directory that is not in a git work tree, or a machine without git, yields a record
 // with is_git_repo = false and a note saying why: not an error. (The note also says when

@@ -522,6 +522,13 @@ TEST(CodeTest, CleanAndDirtyRepository) {
   const RunResult plain = Sh("cd '" + repo + "' && git diff HEAD --binary --no-color");
   EXPECT_EQ(dirty->diff(), plain.out);
 
+  // From a subdirectory: the same diff and the whole tree's untracked files.
+  fs::create_directories(repo + "/src");
+  auto sub = DescribeCode(repo + "/src");
+  ASSERT_TRUE(sub.has_value()) << sub.error().ToString();
+  EXPECT_EQ(sub->diff(), dirty->diff());
+  EXPECT_THAT(sub->untracked(), ElementsAre("notes.txt"));
+
   // Over the limit: no diff kept, size and digest still those of the whole diff.
   CodeOptions small;
   small.max_diff_bytes = 64;
