@@ -404,6 +404,26 @@ TEST(DigestCacheTest, CorruptCacheIsIgnoredAndRebuilt) {
   }
 }
 
+TEST(DigestCacheTest, OverTheEntryLimitUnusedEntriesAreDropped) {
+  TempDir tmp;
+  const std::string cache = tmp / "cache";
+  WriteFile(tmp / "old/1", "1");
+  WriteFile(tmp / "old/2", "2");
+  WriteFile(tmp / "new/3", "3");
+  WriteFile(tmp / "new/4", "4");
+  HashOptions o = CacheOptions(cache);
+  o.max_cache_entries = 2;
+  for (const char* dir : {"old", "new"}) {
+    InputHasher h(o);
+    ASSERT_TRUE(h.Hash(tmp / dir).has_value());
+    ASSERT_TRUE(h.SaveCache().has_value());
+  }
+  InputHasher h(o);
+  EXPECT_EQ(h.stats().cache_status, "loaded 2 entries");
+  ASSERT_TRUE(h.Hash(tmp / "new").has_value());
+  EXPECT_EQ(h.stats().files_cached, 2u);  // the entries kept are the ones last used
+}
+
 TEST(DigestCacheTest, RecentlyWrittenFilesAreNotCachedUntilTheirTimestampsSettle) {
   TempDir tmp;
   const std::string cache = tmp / "cache";
