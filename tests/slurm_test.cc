@@ -1,0 +1,467 @@
+// SLURM integration on a real one-node cluster (scripts/slurm/local-cluster: munged,
+// slurmctld, slurmd on this machine):
+//   - the sbatch template runs the reference job; SIGUSR1 to the batch shell (as SLURM
+//     sends before a time limit or an admin with `scancel --signal=USR1 --batch`) makes
+//     every rank checkpoint and exit 75, the job requeues itself, resumes and finishes
+//     with the weights of an uninterrupted run;
+//   - a job with a one-minute time limit whose training outlasts SLURM's warning before
+//     the limit finishes through requeues, each start resuming at the exact step the
+//     previous one saved at (no step lost), with the same weights;
+//   - cairn-agents.sbatch runs cairnd and an agent inside the allocation and a cairn job
+//     to success;
+//   - stopping the cluster leaves no daemon and no job process (checked in /proc).
+// Skips without root or without the SLURM packages. The cluster is started once for the
+// suite and stopped at its end, also when a test fails (a guard object); a cluster left by
+// a killed earlier run is stopped first.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <memory>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "common/io.h"
+#include "tests/process_util.h"
+
+namespace cairn::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using std::chrono::seconds;
+
+// Its own directory and ports: a cluster someone started by hand (default
+// /tmp/cairn-slurm, port 6817) is not touched.
+const std::string kClusterDir = "/tmp/cairn-slurm-test";
+const std::string kPort = "16817";
+
+std::string SourceDir() {
+  const char* d = std::getenv("CAIRN_SOURCE_DIR");
+  return d ? d : ".";
+}
+
+std::string AbsBinDir() { return fs::absolute(BinDir()).lexically_normal().string(); }
+
+std::string LocalCluster() { return SourceDir() + "/scripts/slurm/local-cluster"; }
+
+// PATH lookup (RunCommand wants a path).
+std::string Which(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::stringstream ss(path ? path : "/usr/bin:/bin");
+  std::string dir;
+  while (std::getline(ss, dir, ':')) {
+    const fs::path p = fs::path(dir) / name;
+    if (::access(p.c_str(), X_OK) == 0) return p.string();
+  }
+  for (const char* d : {"/usr/sbin", "/sbin"}) {
+    const fs::path p = fs::path(d) / name;
+    if (::access(p.c_str(), X_OK) == 0) return p.string();
+  }
+  return "";
+}
+
+std::map<std::string, std::string> ClusterEnv() {
+  return {{"CAIRN_SLURM_DIR", kClusterDir},
+          {"CAIRN_SLURM_PORT", kPort},
+          {"SLURM_CONF", kClusterDir + "/slurm.conf"}};
+}
+
+CommandResult Slurm(const std::string& tool, std::vector<std::string> args,
+                    std::map<std::string, std::string> env = {}, seconds timeout = seconds(30)) {
+  args.insert(args.begin(), Which(tool));
+  auto e = ClusterEnv();
+  e.insert(env.begin(), env.end());
+  return RunCommand(args, e, timeout);
+}
+
+CommandResult ClusterCtl(const std::string& verb, seconds timeout = seconds(90)) {
+  return RunCommand({LocalCluster(), verb}, ClusterEnv(), timeout);
+}
+
+std::string ReadFile(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// Last value of "key=" at the start of a line ("" if none).
+std::string LastValue(const std::string& out, const std::string& key) {
+  std::string found;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.starts_with(key + "=")) found = line.substr(key.size() + 1);
+  }
+  return found;
+}
+
+std::vector<uint64_t> AllNumbers(const std::string& out, const std::string& pattern) {
+  std::vector<uint64_t> v;
+  const std::regex re(pattern);
+  for (auto it = std::sregex_iterator(out.begin(), out.end(), re); it != std::sregex_iterator();
+       ++it) {
+    v.push_back(std::stoull((*it)[1].str()));
+  }
+  return v;
+}
+
+struct JobInfo {
+  std::string state;      // JobState=
+  std::string exit_code;  // ExitCode= (code:signal)
+  int restarts = -1;      // Restarts=
+  std::string raw;
+};
+
+JobInfo ShowJob(const std::string& id) {
+  JobInfo j;
+  auto r = Slurm("scontrol", {"show", "job", id});
+  j.raw = r.output;
+  std::smatch m;
+  if (std::regex_search(r.output, m, std::regex(R"(JobState=(\S+))"))) j.state = m[1];
+  if (std::regex_search(r.output, m, std::regex(R"(ExitCode=(\S+))"))) j.exit_code = m[1];
+  if (std::regex_search(r.output, m, std::regex(R"(Restarts=(\d+))"))) j.restarts = std::stoi(m[1]);
+  return j;
+}
+
+bool Final(const std::string& state) {
+  static const std::set<std::string> kFinal = {"COMPLETED", "FAILED",    "CANCELLED",
+                                               "TIMEOUT",   "NODE_FAIL", "OUT_OF_MEMORY",
+                                               "BOOT_FAIL", "DEADLINE",  "PREEMPTED"};
+  return kFinal.contains(state);
+}
+
+// Polls until the job is in a final state (bounded).
+JobInfo WaitForEnd(const std::string& id, seconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  JobInfo j;
+  while (std::chrono::steady_clock::now() < deadline) {
+    j = ShowJob(id);
+    if (Final(j.state)) return j;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  j.state = "WAIT_TIMED_OUT(" + j.state + ")";
+  return j;
+}
+
+// Stops the cluster when the suite ends, however it ends.
+struct ClusterGuard {
+  ~ClusterGuard() {
+    auto r = ClusterCtl("stop");
+    if (r.exit_code != 0) std::fprintf(stderr, "local-cluster stop: %s\n", r.output.c_str());
+  }
+};
+
+class SlurmTest : public ::testing::Test {
+ public:
+  static void SetUpTestSuite() {
+    skip_reason_.clear();
+    if (::geteuid() != 0) {
+      skip_reason_ = "needs root (slurmd runs jobs, munged and slurmctld run as root here)";
+      return;
+    }
+    for (const char* tool : {"slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol"}) {
+      if (Which(tool).empty()) {
+        skip_reason_ = std::string(tool) +
+                       " is not installed (apt-get install slurmctld slurmd slurm-client munge)";
+        return;
+      }
+    }
+    // Clients and the jobs' environment: only this cluster's SLURM_CONF.
+    for (char** e = environ; *e != nullptr;) {
+      std::string kv(*e);
+      if (kv.starts_with("SLURM_")) {
+        ::unsetenv(kv.substr(0, kv.find('=')).c_str());
+      } else {
+        ++e;
+      }
+    }
+    ::setenv("SLURM_CONF", (kClusterDir + "/slurm.conf").c_str(), 1);
+    ClusterCtl("stop");  // whatever a killed earlier run left
+    guard_ = std::make_unique<ClusterGuard>();
+    start_ = ClusterCtl("start");
+  }
+  static void TearDownTestSuite() { guard_.reset(); }
+
+  void SetUp() override {
+    if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;
+    ASSERT_EQ(start_.exit_code, 0) << "local-cluster start failed:\n" << start_.output;
+    dir_ = fs::temp_directory_path() / ("cairn_slurm_test_" + io::RandomSuffix());
+    fs::create_directories(dir_);
+    key_ = (dir_ / "reference.key").string();
+    auto r = RunCommand({BinDir() + "/cairn", "ckpt", "keygen", "--out", key_});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+
+  void TearDown() override {
+    if (!skip_reason_.empty()) return;
+    if (!stopped_) CancelAllJobs();
+    std::error_code ec;
+    if (HasFailure()) {
+      std::fprintf(stderr, "kept %s for inspection\n", dir_.c_str());
+    } else {
+      fs::remove_all(dir_, ec);
+    }
+  }
+
+  // Cancels every job of the cluster and waits (bounded) until the queue is empty.
+  static void CancelAllJobs() {
+    for (int i = 0; i < 60; ++i) {
+      auto q = Slurm("squeue", {"-h", "-o", "%A"});
+      std::vector<std::string> ids;
+      std::istringstream in(q.output);
+      std::string id;
+      while (in >> id) ids.push_back(id);
+      if (ids.empty() || q.exit_code != 0) return;
+      Slurm("scancel", ids);
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  }
+
+  // sbatch; returns the job id ("" on failure, with the output in *out).
+  std::string Submit(const std::string& script, const std::vector<std::string>& flags,
+                     const std::map<std::string, std::string>& env, std::string* out,
+                     const std::string& output = "job.out") {
+    std::vector<std::string> args = {"--parsable", "--output=" + (dir_ / output).string()};
+    args.insert(args.end(), flags.begin(), flags.end());
+    args.push_back(SourceDir() + "/scripts/slurm/" + script);
+    auto e = env;
+    e["CAIRN_BIN_DIR"] = AbsBinDir();
+    auto r = Slurm("sbatch", args, e);
+    *out = r.output;
+    if (r.exit_code != 0) return "";
+    std::string id = r.output.substr(0, r.output.find_first_of(";\n"));
+    return id;
+  }
+
+  // An uninterrupted run of the same configuration, outside SLURM: its weights_sha256.
+  std::future<CommandResult> Reference(int ranks, const std::vector<std::string>& flags,
+                                       const std::string& ckpt = "reference") {
+    std::vector<std::string> argv;
+    if (ranks > 1) {
+      argv = {CAIRN_TEST_MPIEXEC, "-np", std::to_string(ranks), "--oversubscribe"};
+      if (::geteuid() == 0) argv.push_back("--allow-run-as-root");
+    }
+    argv.push_back(BinDir() + "/cairn-fmnist");
+    argv.insert(argv.end(), {"--ckpt-dir", (dir_ / ckpt).string(), "--key-file", key_});
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return std::async(std::launch::async,
+                      [argv] { return RunCommand(argv, {}, std::chrono::seconds(600)); });
+  }
+
+  static std::string Join(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& a : v) s += (s.empty() ? "" : " ") + a;
+    return s;
+  }
+
+  static inline std::string skip_reason_;
+  static inline CommandResult start_;
+  static inline bool stopped_ = false;  // by the last test
+  static inline std::unique_ptr<ClusterGuard> guard_;
+  fs::path dir_;
+  std::string key_;
+};
+
+TEST_F(SlurmTest, StartIsIdempotentAndStatusSaysUp) {
+  auto again = ClusterCtl("start");
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("already running"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("export SLURM_CONF=" + kClusterDir + "/slurm.conf"),
+            std::string::npos)
+      << again.output;
+  auto status = ClusterCtl("status");
+  EXPECT_EQ(status.exit_code, 0) << status.output;
+  EXPECT_NE(status.output.find("slurmd: running"), std::string::npos) << status.output;
+  auto pmix = Slurm("srun", {"--mpi=list"});
+  EXPECT_NE(pmix.output.find("pmix"), std::string::npos) << pmix.output;
+}
+
+// (a) SIGUSR1 to the batch shell: checkpoint, requeue, resume, same weights.
+TEST_F(SlurmTest, SignalledJobRequeuesAndResumesExactly) {
+  const std::vector<std::string> train = {"--steps", "1200", "--ckpt-every", "50"};
+  std::string out;
+  const fs::path run = dir_ / "run";
+  const std::string id =
+      Submit("cairn-fmnist.sbatch", {"--ntasks=2"},
+             {{"CAIRN_RUN_DIR", run.string()}, {"CAIRN_FMNIST_ARGS", Join(train)}}, &out);
+  ASSERT_FALSE(id.empty()) << out;
+  auto reference = Reference(2, train);
+
+  // Once the job has saved a checkpoint, signal it as SLURM would before a time limit.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!fs::exists(run / "ckpt" / "HEAD") && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(fs::exists(run / "ckpt" / "HEAD")) << ShowJob(id).raw << ReadFile(dir_ / "job.out");
+  auto sig = Slurm("scancel", {"--signal=USR1", "--batch", id});
+  ASSERT_EQ(sig.exit_code, 0) << sig.output;
+
+  const JobInfo j = WaitForEnd(id, seconds(300));
+  const std::string log = ReadFile(dir_ / "job.out");
+  ASSERT_EQ(j.state, "COMPLETED") << j.raw << log;
+  EXPECT_EQ(j.exit_code, "0:0") << j.raw;
+  EXPECT_EQ(j.restarts, 1) << j.raw;
+  EXPECT_NE(log.find("(SLURM_RESTART_COUNT=0)"), std::string::npos) << log;
+  EXPECT_NE(log.find("(SLURM_RESTART_COUNT=1)"), std::string::npos) << log;
+  EXPECT_NE(log.find("SIGUSR1: every rank checkpoints"), std::string::npos) << log;
+  const auto preempted = AllNumbers(log, R"(preempted at step (\d+))");
+  const auto resumed = AllNumbers(log, R"(resumed_from_step=(\d+))");
+  ASSERT_EQ(preempted.size(), 1u) << log;
+  ASSERT_EQ(resumed.size(), 2u) << log;  // one line per rank
+  EXPECT_EQ(resumed[0], preempted[0]) << log;
+  EXPECT_NE(log.find("finished after 1 requeue(s)"), std::string::npos) << log;
+
+  const CommandResult ref = reference.get();
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  const std::string want = LastValue(ref.output, "weights_sha256");
+  ASSERT_EQ(want.size(), 64u) << ref.output;
+  EXPECT_EQ(LastValue(log, "weights_sha256"), want) << log;
+  // The key was created once, private.
+  EXPECT_EQ(fs::status(run / "master.key").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+}
+
+// (b) A one-minute time limit and training that outlasts it: SLURM's warning signal
+// (--signal=B:USR1@25) each time, requeues, no step lost, same weights.
+TEST_F(SlurmTest, TimeLimitedJobFinishesThroughRequeues) {
+  // SLURM checks time limits every 30 s and sends the warning at the first check that is
+  // less than 25 + 30 s before the limit: 5-35 s into a start. About 40 s of training (at
+  // this machine's speed, measured now) therefore needs at least two starts. Should the
+  // machine get much faster meanwhile and the job finish in its first start, it runs
+  // once more with three times the steps.
+  auto probe = RunCommand({BinDir() + "/cairn-fmnist", "--steps", "1500"}, {}, seconds(300));
+  ASSERT_EQ(probe.exit_code, 0) << probe.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(probe.output, m, std::regex(R"(train_seconds=([0-9.]+))")))
+      << probe.output;
+  const double rate = 1500.0 / std::max(0.05, std::stod(m[1]));
+  for (int round = 1; round <= 2; ++round) {
+    const double factor = round == 1 ? 1.0 : 3.0;
+    const auto steps = static_cast<uint64_t>(std::clamp(rate * 40.0 * factor, 8000.0, 180000.0));
+    std::printf("[ steps   ] %.0f steps/s here: %llu steps\n", rate,
+                static_cast<unsigned long long>(steps));
+    const std::vector<std::string> train = {"--epochs",     "200", "--steps", std::to_string(steps),
+                                            "--ckpt-every", "1000"};
+    const std::string tag = std::to_string(round);
+    std::string out;
+    const fs::path run = dir_ / ("run" + tag);
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string id =
+        Submit("cairn-fmnist.sbatch", {"--ntasks=1", "--time=1", "--signal=B:USR1@25"},
+               {{"CAIRN_RUN_DIR", run.string()}, {"CAIRN_FMNIST_ARGS", Join(train)}}, &out,
+               "job" + tag + ".out");
+    ASSERT_FALSE(id.empty()) << out;
+    auto reference = Reference(1, train, "reference" + tag);
+
+    const JobInfo j = WaitForEnd(id, seconds(600));
+    const std::string log = ReadFile(dir_ / ("job" + tag + ".out"));
+    std::printf("[ timing  ] job %s took %lld s, %d requeue(s)\n", id.c_str(),
+                static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(
+                                           std::chrono::steady_clock::now() - t0)
+                                           .count()),
+                j.restarts);
+    ASSERT_EQ(j.state, "COMPLETED") << j.raw << log;
+    EXPECT_EQ(j.exit_code, "0:0") << j.raw;
+    const CommandResult ref = reference.get();
+    if (j.restarts == 0 && round == 1) {
+      std::printf("[ again   ] the job finished within its first start\n");
+      continue;
+    }
+    EXPECT_GE(j.restarts, 1) << j.raw;
+    EXPECT_NE(log.find("(SLURM_RESTART_COUNT=1)"), std::string::npos) << log;
+    EXPECT_EQ(log.find("DUE TO TIME LIMIT"), std::string::npos) << "a start ran out of time\n"
+                                                                << log;
+    // Every start after the first resumes at exactly the step the one before saved at.
+    const auto preempted = AllNumbers(log, R"(preempted at step (\d+))");
+    const auto resumed = AllNumbers(log, R"(resumed_from_step=(\d+))");
+    ASSERT_GE(preempted.size(), 1u) << log;
+    EXPECT_EQ(resumed, preempted) << log;
+    EXPECT_EQ(static_cast<int>(preempted.size()), j.restarts) << log;
+
+    ASSERT_EQ(ref.exit_code, 0) << ref.output;
+    const std::string want = LastValue(ref.output, "weights_sha256");
+    ASSERT_EQ(want.size(), 64u) << ref.output;
+    EXPECT_EQ(LastValue(log, "weights_sha256"), want) << log;
+    break;
+  }
+}
+
+// (c) cairnd + one agent per node inside the allocation; a cairn job to success.
+TEST_F(SlurmTest, AgentsInsideAnAllocationRunAJob) {
+  std::string out;
+  const fs::path run = dir_ / "run";
+  const std::string id = Submit("cairn-agents.sbatch", {}, {{"CAIRN_RUN_DIR", run.string()}}, &out);
+  ASSERT_FALSE(id.empty()) << out;
+  const JobInfo j = WaitForEnd(id, seconds(240));
+  const std::string log = ReadFile(dir_ / "job.out");
+  ASSERT_EQ(j.state, "COMPLETED") << j.raw << log << ReadFile(run / "agents.log")
+                                  << ReadFile(run / "cairnd.log");
+  EXPECT_EQ(j.exit_code, "0:0") << j.raw;
+  EXPECT_NE(log.find("1 agent(s) alive"), std::string::npos) << log;
+  EXPECT_NE(log.find("SUCCEEDED: succeeded at step 300"), std::string::npos) << log;
+  EXPECT_EQ(LastValue(log, "weights_sha256").size(), 64u) << log;
+  // The agent and cairnd were stopped by the script (SLURM would kill them anyway).
+  EXPECT_NE(log.find("stopping the agents"), std::string::npos) << log;
+}
+
+// Processes whose command line or environment names `needle` (not this process).
+std::vector<std::string> ProcessesMentioning(const std::string& needle) {
+  std::vector<std::string> found;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string pid = e.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (pid == std::to_string(::getpid())) continue;
+    std::string cmd = ReadFile(e.path() / "cmdline");
+    std::string env = ReadFile(e.path() / "environ");
+    const std::string stat = ReadFile(e.path() / "stat");
+    const auto paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z') continue;
+    for (char& c : cmd) c = c == '\0' ? ' ' : c;
+    if (cmd.find(needle) != std::string::npos || env.find(needle) != std::string::npos) {
+      found.push_back(pid + ": " + cmd);
+    }
+  }
+  return found;
+}
+
+// (d) Last: stop leaves nothing running, and says so; status says down.
+TEST_F(SlurmTest, StopLeavesNoDaemonAndNoJobProcess) {
+  // A job that is still running when the cluster stops, with a process that left the
+  // job's process tree.
+  const fs::path script = dir_ / "sleeper.sh";
+  std::ofstream(script) << "#!/bin/bash\nsetsid sleep 600 &\nsrun sleep 600\n";
+  fs::permissions(script, fs::perms::owner_all);
+  auto sb = Slurm("sbatch",
+                  {"--parsable", "--output=" + (dir_ / "sleeper.out").string(), script.string()});
+  ASSERT_EQ(sb.exit_code, 0) << sb.output;
+  const std::string id = sb.output.substr(0, sb.output.find_first_of(";\n"));
+  for (int i = 0; i < 100 && ShowJob(id).state != "RUNNING"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // the step starts
+  EXPECT_FALSE(ProcessesMentioning(kClusterDir).empty());
+
+  auto stop = ClusterCtl("stop");
+  stopped_ = true;
+  EXPECT_EQ(stop.exit_code, 0) << stop.output;
+  auto status = ClusterCtl("status");
+  EXPECT_EQ(status.exit_code, 3) << status.output;
+  auto again = ClusterCtl("stop");
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+
+  // Nothing of the cluster (daemons: their command lines; job processes: SLURM_CONF in
+  // their environment), nothing any test started (paths under the test directories).
+  std::string left;
+  for (const auto& p : ProcessesMentioning(kClusterDir)) left += p + "\n";
+  for (const auto& p : ProcessesMentioning("cairn_slurm_test_")) left += p + "\n";
+  EXPECT_EQ(left, "") << "still running after local-cluster stop";
+}
+
+}  // namespace
+}  // namespace cairn::testing
