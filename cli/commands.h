@@ -31,5 +31,7 @@ void RegisterJobCommands(CLI::App& app, Context* ctx);
 void RegisterRunCommands(CLI::App& app, Context* ctx);
 // `cairn up|down` (a local cluster in the background)
 void RegisterClusterCommands(CLI::App& app, Context* ctx);
+// `cairn lineage JOB [--json]`, `cairn lineage verify JOB`
+void RegisterLineageCommands(CLI::App& app, Context* ctx);
 
 }  // namespace cairn::cli

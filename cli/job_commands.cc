@@ -3,7 +3,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <memory>
 #include <thread>
 
@@ -11,6 +13,7 @@
 #include "common/yaml.h"
 #include "coordinator/client.h"
 #include "proto/cairn.pb.h"
+#include "provenance/code.h"
 
 namespace cairn::cli {
 namespace {
@@ -24,6 +27,7 @@ struct JobFlags {
   int32_t priority = 0;
   std::string launcher, workdir, hang_timeout, grace_period, executor;
   std::vector<std::string> command;
+  std::vector<std::string> inputs;
   std::string job_id;
   bool json = false;
   bool all = false;
@@ -74,6 +78,27 @@ Result<proto::JobSpec> SpecFromYaml(const std::string& path) {
   CAIRN_RETURN_IF_ERROR(m.Optional("grace_period", &grace));
   CAIRN_RETURN_IF_ERROR(m.Optional("user", &user));
   CAIRN_RETURN_IF_ERROR(m.Optional("checkpoint_dir", &ckpt_dir));
+  if (m.Has("inputs")) {
+    const std::string where = m.KeyPath("inputs");
+    YAML::Node list = m.Raw("inputs");
+    if (!list.IsSequence()) {
+      return MakeError(Code::kInvalidArgument, "{}: {} must be a list of {{path, kind, sha256}}",
+                       path, where);
+    }
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      CAIRN_ASSIGN_OR_RETURN(auto im, yaml::YamlMap::Of(list[i], path,
+                                                        fmt::format("{}[{}]", where, i)));
+      std::string ipath, kind = "data", sha;
+      CAIRN_RETURN_IF_ERROR(im.Required("path", &ipath));
+      CAIRN_RETURN_IF_ERROR(im.Optional("kind", &kind));
+      CAIRN_RETURN_IF_ERROR(im.Optional("sha256", &sha));
+      CAIRN_RETURN_IF_ERROR(im.Finish());
+      auto* in = s.add_inputs();
+      in->set_path(ipath);
+      in->set_kind(kind);
+      in->set_sha256(sha);
+    }
+  }
   CAIRN_RETURN_IF_ERROR(m.Finish());
   s.set_name(name);
   for (auto& c : command) s.add_command(c);
@@ -95,6 +120,31 @@ Result<proto::JobSpec> SpecFromYaml(const std::string& path) {
   return s;
 }
 
+// --input [data:|model:]PATH[@SHA256]
+Result<proto::InputSpec> ParseInputFlag(const std::string& text) {
+  proto::InputSpec in;
+  std::string rest = text;
+  in.set_kind("data");
+  for (const char* kind : {"data:", "model:"}) {
+    if (rest.starts_with(kind)) {
+      in.set_kind(std::string(kind, std::strlen(kind) - 1));
+      rest = rest.substr(std::strlen(kind));
+    }
+  }
+  if (auto at = rest.rfind('@'); at != std::string::npos && rest.size() - at - 1 == 64 &&
+                                  rest.find_first_not_of("0123456789abcdefABCDEF", at + 1) ==
+                                      std::string::npos) {
+    in.set_sha256(rest.substr(at + 1));
+    rest.resize(at);
+  }
+  if (rest.empty()) {
+    return MakeError(Code::kInvalidArgument,
+                     "--input '{}': no path (form: [data:|model:]PATH[@SHA256])", text);
+  }
+  in.set_path(rest);
+  return in;
+}
+
 Result<proto::JobSpec> SpecFromFlags(const JobFlags& f) {
   proto::JobSpec s;
   if (f.command.empty()) {
@@ -113,6 +163,10 @@ Result<proto::JobSpec> SpecFromFlags(const JobFlags& f) {
   s.set_launcher(f.launcher);
   s.set_executor(f.executor);
   s.set_priority(f.priority);
+  for (const auto& text : f.inputs) {
+    CAIRN_ASSIGN_OR_RETURN(auto in, ParseInputFlag(text));
+    *s.add_inputs() = std::move(in);
+  }
   s.set_max_restarts(f.max_restarts);
   if (!f.hang_timeout.empty()) {
     CAIRN_ASSIGN_OR_RETURN(auto d, Duration("--hang-timeout", f.hang_timeout));
@@ -191,6 +245,9 @@ void RegisterJobCommands(CLI::App& app, Context* ctx) {
   submit->add_option("--priority", f->priority, "Higher runs first");
   submit->add_option("--launcher", f->launcher, "mpi or env (default env)");
   submit->add_option("--executor", f->executor, "local or slurm (default local)");
+  submit->add_option("--input", f->inputs,
+                     "An input to digest and record: [data:|model:]PATH[@SHA256] (with a digest: "
+                     "pinned; the job does not start if the file differs). Repeatable");
   submit->add_option("--workdir", f->workdir, "Working directory of the ranks");
   submit->add_option("--hang-timeout", f->hang_timeout, "No progress for this long = hung (5m)");
   submit->add_option("--grace-period", f->grace_period, "SIGTERM to SIGKILL on teardown (30s)");
@@ -205,6 +262,23 @@ void RegisterJobCommands(CLI::App& app, Context* ctx) {
         CAIRN_ASSIGN_OR_RETURN(*req.mutable_spec(), SpecFromYaml(f->file));
       } else {
         CAIRN_ASSIGN_OR_RETURN(*req.mutable_spec(), SpecFromFlags(*f));
+      }
+      // Provenance: inputs by absolute path (cairnd hashes them), and the code version of
+      // the working tree the job runs from.
+      std::error_code ec;
+      const std::string base = req.spec().workdir().empty()
+                                   ? std::filesystem::current_path(ec).string()
+                                   : req.spec().workdir();
+      for (auto& in : *req.mutable_spec()->mutable_inputs()) {
+        std::filesystem::path p(in.path());
+        if (p.is_relative()) in.set_path((std::filesystem::path(base) / p).lexically_normal().string());
+      }
+      if (auto code = prov::DescribeCode(base); code) {
+        *req.mutable_code() = std::move(*code);
+      } else {
+        std::fprintf(stderr, "cairn: warning: code version of %s not recorded: %s\n", base.c_str(),
+                     code.error().ToString().c_str());
+        req.mutable_code()->set_note("not recorded: " + code.error().ToString());
       }
       CAIRN_ASSIGN_OR_RETURN(auto client, coord::Client::Connect(coord::DefaultStateDir(f->state_dir)));
       CAIRN_ASSIGN_OR_RETURN(auto bytes, client->Call("SubmitJob", req.SerializeAsString()));

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   cairn::cli::RegisterJobCommands(app, &ctx);
   cairn::cli::RegisterRunCommands(app, &ctx);
   cairn::cli::RegisterClusterCommands(app, &ctx);
+  cairn::cli::RegisterLineageCommands(app, &ctx);
 
   // Name an unknown command instead of CLI11's generic "A subcommand is required".
   CLI::App* level = &app;

@@ -1,6 +1,7 @@
 #include "coordinator/job_manager.h"
 
 #include <algorithm>
+#include <filesystem>
 
 #include "common/log.h"
 
@@ -152,6 +153,19 @@ Status JobManager::Recover() {
           r.stop_grace_ms = static_cast<int64_t>(js.spec().grace_period_ms());
         }
         auto& run = runs_[r.job_id] = std::move(r);
+        if (keeper_ != nullptr) {
+          // Its record, or (a restart while its inputs were being checked) prepare it again.
+          bool found = false;
+          if (auto rows = store_->Provenance(run.job_id); rows) {
+            for (const auto& row : *rows) {
+              if (row.attempt != run.attempt || !run.record.ParseFromString(row.record)) continue;
+              run.provenance_digest = row.digest_hex;
+              run.resumed_recorded = !row.resumed_loaded.empty();
+              found = true;
+            }
+          }
+          if (!found && !run.stopping) BeginPrepare(run, now);
+        }
         Changed(run);
         Log()->info("job {}: took back attempt {} on {} node(s)", run.job_id, run.attempt,
                     run.nodes.size());
@@ -238,8 +252,133 @@ Status JobManager::StartRun(const Placement& p) {
   r.last_progress_ms = now;
   Log()->info("job {}: attempt {} placed on {}", p.job_id, r.attempt, where);
   auto& run = runs_[p.job_id] = std::move(r);
+  if (keeper_ != nullptr) {
+    BeginPrepare(run, now);
+    return OkStatus();
+  }
   Changed(run);
   return OkStatus();
+}
+
+void JobManager::BeginPrepare(Run& run, int64_t now) {
+  run.preparing = true;
+  PrepareRequest req;
+  req.job_id = run.job_id;
+  req.attempt = run.attempt;
+  req.run_id = run.run_id;
+  req.spec = run.spec;
+  if (auto code = store_->JobCode(run.job_id); code && code->has_value()) {
+    proto::CodeVersion cv;
+    if (cv.ParseFromString(**code)) req.code = std::move(cv);
+  }
+  for (const auto& n : run.nodes) {
+    const NodeView v = node_view_(n);
+    req.hosts.push_back(v.hostname.empty() ? n : fmt::format("{} ({})", v.hostname, n));
+  }
+  req.resumed_from_hex = run.expected_head;
+  req.started_unix_ms = now;
+  keeper_->Prepare(std::move(req), [this, job_id = run.job_id, attempt = run.attempt](
+                                       Result<PreparedRecord> prepared) {
+    OnPrepared(job_id, attempt, std::move(prepared));
+  });
+}
+
+void JobManager::OnPrepared(const std::string& job_id, uint32_t attempt,
+                            Result<PreparedRecord> prepared) {
+  auto it = runs_.find(job_id);
+  if (it == runs_.end() || it->second.attempt != attempt || !it->second.preparing) return;
+  Run& run = it->second;
+  run.preparing = false;
+  if (run.stopping) return;  // cancelled meanwhile: the stop order is out already
+  if (!prepared) {
+    const Code c = prepared.error().code();
+    // Inputs that are missing or not what the job pinned will not fix themselves.
+    run.user_error = c == Code::kFailedPrecondition || c == Code::kNotFound ||
+                     c == Code::kInvalidArgument || c == Code::kPermissionDenied ||
+                     c == Code::kDataLoss;
+    Stop(run, proto::RUN_FAILED, "inputs: " + prepared.error().ToString(), "", 0);
+    return;
+  }
+  run.record = std::move(prepared->record);
+  run.provenance_digest = prepared->digest_hex;
+  if (auto s = store_->SaveProvenance(job_id, attempt, run.provenance_digest,
+                                      run.record.SerializeAsString());
+      !s) {
+    Log()->error("job {}: provenance: {}", job_id, s.error().ToString());
+  }
+  int pinned = 0;
+  for (const auto& in : run.record.inputs()) pinned += in.pinned() ? 1 : 0;
+  Event(job_id, "provenance",
+        fmt::format("attempt {}: record {}; {} input(s), {} pinned{}", attempt,
+                    run.provenance_digest.substr(0, 16), run.record.inputs_size(), pinned,
+                    run.record.code().dirty() ? "; code: dirty working tree" : ""));
+  LinkInputs(run);
+  run.started_ms = clock_();
+  run.last_progress_ms = run.started_ms;
+  Changed(run);
+}
+
+// A model input inside another job's checkpoint directory, or whose digest another job
+// attested (a checkpoint manifest), or an export of another job's checkpoint: the job
+// descends from it.
+void JobManager::LinkInputs(const Run& run) {
+  // Every other job's checkpoint directories: the ones its ranks reported, and the spec's.
+  std::vector<std::pair<std::string, std::string>> dirs;
+  if (auto reported = store_->CheckpointDirs(); reported) dirs = std::move(*reported);
+  if (auto jobs = store_->ListJobs(true); jobs) {
+    for (const auto& j : *jobs) {
+      if (!j.spec().checkpoint_dir().empty()) dirs.emplace_back(j.job_id(), j.spec().checkpoint_dir());
+    }
+  }
+  for (const auto& in : run.record.inputs()) {
+    if (in.kind() != "model") continue;
+    std::error_code ec;
+    const auto path = std::filesystem::weakly_canonical(in.path(), ec);
+    std::set<std::string> linked;
+    for (const auto& [job, d] : dirs) {
+      if (job == run.job_id || linked.contains(job)) continue;
+      const auto dir = std::filesystem::weakly_canonical(d, ec);
+      auto rel = path.lexically_relative(dir);
+      if (!rel.empty() && *rel.begin() != "..") {
+        linked.insert(job);
+        (void)store_->AddLink(run.job_id, job,
+                              fmt::format("model input {} is its checkpoint", in.path()));
+      }
+    }
+    std::string hex;
+    for (unsigned char c : in.sha256()) hex += fmt::format("{:02x}", c);
+    if (auto parents = store_->JobsWithSubject(hex); parents) {
+      for (const auto& parent : *parents) {
+        if (parent == run.job_id) continue;
+        (void)store_->AddLink(run.job_id, parent,
+                              fmt::format("model input {} is its attested output", in.path()));
+      }
+    }
+  }
+}
+
+void JobManager::Attest(const Run& run, uint64_t step, const std::string& manifest_hex,
+                        bool final) {
+  if (keeper_ == nullptr || run.provenance_digest.empty() || manifest_hex.empty()) return;
+  const std::string dir = run.ckpt_dir.empty() ? run.spec.checkpoint_dir() : run.ckpt_dir;
+  const std::string name = final ? "final" : fmt::format("checkpoint step {}", step);
+  const std::string file = final ? fmt::format("final-step-{:012d}.intoto.json", step)
+                                 : fmt::format("attempt-{}-step-{:012d}.intoto.json", run.attempt,
+                                               step);
+  const int64_t now = clock_();
+  const std::string subject =
+      fmt::format("{}/step-{:012d}/manifest", dir.empty() ? run.job_id : dir, step);
+  auto path = keeper_->Attest(run.record, run.spec, subject, manifest_hex, file, final ? now : 0);
+  if (!path) {
+    Log()->error("job {}: attest {}: {}", run.job_id, name, path.error().ToString());
+    return;
+  }
+  AttestationRow a{.job_id = run.job_id, .attempt = run.attempt, .step = step,
+                   .subject_hex = manifest_hex, .name = name, .path = *path, .at_ms = now,
+                   .ckpt_dir = dir};
+  if (auto s = store_->AddAttestation(a); !s) {
+    Log()->error("job {}: attestation: {}", run.job_id, s.error().ToString());
+  }
 }
 
 proto::HeartbeatReply JobManager::OrdersFor(const std::string& node_id) const {
@@ -247,6 +386,7 @@ proto::HeartbeatReply JobManager::OrdersFor(const std::string& node_id) const {
   out.set_orders_version(OrdersVersion(node_id));
   for (const auto& [job_id, run] : runs_) {
     if (std::find(run.nodes.begin(), run.nodes.end(), node_id) == run.nodes.end()) continue;
+    if (run.preparing && !run.stopping) continue;  // inputs not checked yet
     auto* o = out.add_runs();
     o->set_run_id(run.run_id);
     o->set_job_id(run.job_id);
@@ -275,6 +415,7 @@ proto::HeartbeatReply JobManager::OrdersFor(const std::string& node_id) const {
                         [&](const RankPlacement& rp) { return rp.node_id == n; })));
     }
     o->set_expected_head(run.expected_head);
+    o->set_provenance_digest(run.provenance_digest);
     if (auto e = run.execs.find(node_id); e != run.execs.end()) {
       for (const auto& c : e->second) o->add_execs(c);
     }
@@ -300,11 +441,19 @@ void JobManager::OnReport(const proto::HeartbeatRequest& hb) {
         known = p;
         run.last_progress_ms = now;
       }
+      if (!p.ckpt_dir().empty()) run.ckpt_dir = p.ckpt_dir();
       if (p.ckpt_step() > run.head_step && !p.ckpt_head().empty()) {
         if (auto s = store_->SetCheckpointHead(run.job_id, p.ckpt_step(), p.ckpt_head()); !s) {
           Log()->error("job {}: checkpoint head: {}", run.job_id, s.error().ToString());
         } else {
           run.head_step = p.ckpt_step();
+          Attest(run, p.ckpt_step(), p.ckpt_head(), false);
+        }
+      }
+      if (!run.resumed_recorded && !p.resumed_from().empty()) {
+        run.resumed_recorded = true;
+        if (auto s = store_->SetResumedLoaded(run.job_id, run.attempt, p.resumed_from()); !s) {
+          Log()->error("job {}: {}", run.job_id, s.error().ToString());
         }
       }
     }
@@ -450,6 +599,9 @@ Status JobManager::Finish(Run& run) {
     CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(job_id));
     switch (run.outcome) {
       case proto::RUN_SUCCEEDED:
+        if (!js.checkpoint_head().empty()) {
+          Attest(run, js.checkpoint_step(), js.checkpoint_head(), true);
+        }
         final_message = fmt::format("succeeded at step {} after {} restart(s)", step, js.restarts());
         CAIRN_RETURN_IF_ERROR(store_->SetJobState(job_id, proto::JOB_SUCCEEDED, final_message, now));
         return store_->AppendEvent(job_id, "succeeded", final_message, now);
@@ -470,7 +622,10 @@ Status JobManager::Finish(Run& run) {
     }
     if (js.state() == proto::JOB_CANCELLED) return OkStatus();
     std::string why;
-    if (auto prev = last_failure_.find(job_id);
+    if (run.user_error) {
+      why = fmt::format("{}: not retrying (fix the job's inputs, then `cairn resume {}`)",
+                        run.failure, job_id);
+    } else if (auto prev = last_failure_.find(job_id);
         prev != last_failure_.end() && prev->second == signature) {
       why = fmt::format("failed twice in a row at step {} with the same error ({}): not retrying "
                         "(fix the job, then `cairn resume {}`)",
@@ -633,6 +788,7 @@ void JobManager::Tick() {
       MaybeFinish(run);
       continue;
     }
+    if (run.preparing) continue;  // hashing inputs: nothing runs yet
     const int64_t silent = now - run.last_progress_ms;
     // Until its first report an attempt is starting (launch, data, checkpoint load):
     // it gets at least kStartupAllowanceMs.

@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "coordinator/provenance_keeper.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/state_store.h"
 #include "proto/cairn.pb.h"
@@ -73,6 +74,12 @@ class JobManager {
 
   JobManager(StateStore* store, Scheduler* scheduler, Clock clock, NodeLookup nodes,
              JobManagerOptions options = {});
+
+  // Provenance (optional): each attempt's record is prepared before its orders go out
+  // (inputs hashed and pins checked; a pin that does not match fails the job without a
+  // restart), and every checkpoint head an attempt reports, and the final one, is attested.
+  void set_provenance(ProvenanceKeeper* keeper) { keeper_ = keeper; }
+  const ProvenanceKeeper* provenance() const { return keeper_; }
 
   // Called with a node id whenever that node's orders change (wakes its long poll).
   void set_orders_changed(std::function<void(const std::string&)> fn) {
@@ -135,12 +142,23 @@ class JobManager {
     std::string blame_node;
     int64_t stop_grace_ms = 0;
     uint64_t failed_step = 0;
+    // Provenance: while preparing, no orders go out.
+    bool preparing = false;
+    bool user_error = false;  // the job's own inputs are wrong: fail, do not restart
+    proto::ProvenanceRecord record;
+    std::string provenance_digest;
+    bool resumed_recorded = false;
+    std::string ckpt_dir;  // as rank 0 reported it
   };
   struct Waiting {  // a job between attempts
     int64_t not_before_ms = 0;
   };
 
   Status StartRun(const Placement& placement);
+  void BeginPrepare(Run& run, int64_t now);
+  void OnPrepared(const std::string& job_id, uint32_t attempt, Result<PreparedRecord> prepared);
+  void LinkInputs(const Run& run);
+  void Attest(const Run& run, uint64_t step, const std::string& manifest_hex, bool final);
   void Evaluate(Run& run);
   void Stop(Run& run, proto::RunState outcome, std::string why, std::string blame,
             int64_t grace_ms);
@@ -157,6 +175,7 @@ class JobManager {
   NodeLookup node_view_;
   JobManagerOptions options_;
   std::function<void(const std::string&)> orders_changed_;
+  ProvenanceKeeper* keeper_ = nullptr;
 
   std::map<std::string, Run> runs_;             // by job id (one live attempt per job)
   std::map<std::string, Waiting> waiting_;      // RESTARTING jobs, by job id

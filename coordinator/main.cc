@@ -78,6 +78,16 @@ Result<int> Run(const std::string& state_dir, const std::string& listen,
 
   boost::asio::io_context io;
   Service service(store.get(), token, NowMs, options);
+  // Provenance: records prepared on the keeper's thread, finished on the io_context.
+  char hostname[256] = {};
+  ::gethostname(hostname, sizeof hostname - 1);
+  CAIRN_ASSIGN_OR_RETURN(
+      auto keeper,
+      ProvenanceKeeper::Open(p.dir, fmt::format("cairnd://{}{}", hostname, p.dir),
+                             [&io](std::function<void()> fn) {
+                               boost::asio::post(io, std::move(fn));
+                             }));
+  service.jobs().set_provenance(keeper.get());
   CAIRN_RETURN_IF_ERROR_CTX(service.Recover(), "recover the state in {}", p.db);
   // Periodic work: node liveness.
   boost::asio::steady_timer tick(io);

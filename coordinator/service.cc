@@ -1,5 +1,7 @@
 #include "coordinator/service.h"
 
+#include <cctype>
+
 #include "common/log.h"
 #include "coordinator/frame.h"
 
@@ -60,6 +62,15 @@ Status ValidateJobSpec(proto::JobSpec* s) {
     if (in.kind() != "data" && in.kind() != "model") {
       return bad(fmt::format("inputs[{}].kind", i), fmt::format("'{}' is not data or model", in.kind()));
     }
+    if (!in.sha256().empty() &&
+        (in.sha256().size() != 64 ||
+         in.sha256().find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)) {
+      return bad(fmt::format("inputs[{}].sha256", i),
+                 fmt::format("'{}' is not a SHA-256 (64 hex digits)", in.sha256()));
+    }
+    std::string pin = in.sha256();
+    for (char& c : pin) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    s->mutable_inputs(i)->set_sha256(pin);
   }
   return OkStatus();
 }
@@ -249,6 +260,7 @@ Result<std::string> Service::Dispatch(const proto::Envelope& req) {
   if (m == "CancelJob") return CancelJob(req);
   if (m == "ResumeJob") return ResumeJob(req);
   if (m == "GetEvents") return GetEvents(req);
+  if (m == "GetLineage") return GetLineage(req);
   if (m == "Exec") {
     CAIRN_ASSIGN_OR_RETURN(auto r, ParsePayload<proto::ExecRequest>(req));
     CAIRN_RETURN_IF_ERROR(jobs_.Exec(r));
@@ -272,7 +284,7 @@ Result<std::string> Service::Dispatch(const proto::Envelope& req) {
   }
   return MakeError(Code::kInvalidArgument,
                    "unknown method '{}' (SubmitJob, GetJob, ListJobs, CancelJob, ResumeJob, "
-                   "GetEvents, RegisterNode, Heartbeat, ListNodes, Exec)", m);
+                   "GetEvents, GetLineage, RegisterNode, Heartbeat, ListNodes, Exec)", m);
 }
 
 Result<std::string> Service::Once(const proto::Envelope& req,
@@ -304,6 +316,7 @@ Result<std::string> Service::SubmitJob(const proto::Envelope& req) {
   auto reply = Once(req, [&]() -> Result<std::string> {
     const int64_t now = clock_();
     CAIRN_ASSIGN_OR_RETURN(auto id, store_->CreateJob(spec, now));
+    if (r.has_code()) CAIRN_RETURN_IF_ERROR(store_->SaveJobCode(id, r.code().SerializeAsString()));
     CAIRN_RETURN_IF_ERROR(store_->AppendEvent(
         id, "submitted",
         fmt::format("{} ranks of '{}' by client {}", spec.ranks(), spec.command(0), req.client_id()),
@@ -317,6 +330,50 @@ Result<std::string> Service::SubmitJob(const proto::Envelope& req) {
   });
   if (reply) jobs_.Schedule();
   return reply;
+}
+
+Result<std::string> Service::GetLineage(const proto::Envelope& req) {
+  CAIRN_ASSIGN_OR_RETURN(auto r, ParsePayload<proto::GetLineageRequest>(req));
+  proto::GetLineageReply out;
+  CAIRN_ASSIGN_OR_RETURN(*out.mutable_job(), store_->GetJob(r.job_id()));
+  jobs_.AddLive(out.mutable_job());
+  CAIRN_ASSIGN_OR_RETURN(auto code, store_->JobCode(r.job_id()));
+  if (code && !out.mutable_code()->ParseFromString(*code)) {
+    return MakeError(Code::kDataLoss, "job {}: stored code version does not parse", r.job_id());
+  }
+  CAIRN_ASSIGN_OR_RETURN(auto rows, store_->Provenance(r.job_id()));
+  for (const auto& row : rows) {
+    auto* a = out.add_attempts();
+    a->set_attempt(row.attempt);
+    a->set_digest(row.digest_hex);
+    a->set_resumed_loaded(row.resumed_loaded);
+    if (!a->mutable_record()->ParseFromString(row.record)) {
+      return MakeError(Code::kDataLoss, "job {} attempt {}: stored provenance record does not parse",
+                       r.job_id(), row.attempt);
+    }
+  }
+  CAIRN_ASSIGN_OR_RETURN(auto atts, store_->Attestations(r.job_id()));
+  for (const auto& at : atts) {
+    auto* a = out.add_attestations();
+    a->set_attempt(at.attempt);
+    a->set_step(at.step);
+    a->set_subject(at.subject_hex);
+    a->set_name(at.name);
+    a->set_path(at.path);
+    a->set_at_unix_ms(at.at_ms);
+    a->set_ckpt_dir(at.ckpt_dir);
+  }
+  CAIRN_ASSIGN_OR_RETURN(auto links, store_->Links(r.job_id()));
+  for (const auto& [parent, via] : links) {
+    auto* l = out.add_parents();
+    l->set_parent_job(parent);
+    l->set_via(via);
+  }
+  if (const auto* k = jobs_.provenance()) {
+    out.set_signing_public_key(k->verify_key().ToPem());
+    out.set_builder_id(k->builder_id());
+  }
+  return out.SerializeAsString();
 }
 
 Result<std::string> Service::CancelJob(const proto::Envelope& req) {

@@ -13,7 +13,9 @@
 // -> CancelJobReply), ResumeJob (ResumeJobRequest -> ResumeJobReply), GetEvents
 // (GetEventsRequest -> GetEventsReply), RegisterNode (RegisterNodeRequest ->
 // RegisterNodeReply), Heartbeat (HeartbeatRequest -> HeartbeatReply: the node's orders),
-// ListNodes (ListNodesRequest -> ListNodesReply), Exec (ExecRequest -> ExecReply).
+// ListNodes (ListNodesRequest -> ListNodesReply), Exec (ExecRequest -> ExecReply),
+// GetLineage (GetLineageRequest -> GetLineageReply: provenance records, attestations,
+// parent jobs, the signing key's public half).
 //
 // Nodes: an agent registers (stored, and given to the scheduler), then heartbeats; each
 // heartbeat carries the node's run reports and is answered with its orders (JobManager).
@@ -104,6 +106,7 @@ class Service {
   Result<std::string> CancelJob(const proto::Envelope& request);
   Result<std::string> ResumeJob(const proto::Envelope& request);
   Result<std::string> GetEvents(const proto::Envelope& request);
+  Result<std::string> GetLineage(const proto::Envelope& request);
   // Runs `effect` once per (client, request id); returns the stored reply on a retry.
   Result<std::string> Once(const proto::Envelope& request,
                            const std::function<Result<std::string>()>& effect);

@@ -178,6 +178,7 @@ Status StateStore::Migrate() {
         id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL REFERENCES jobs(id),
         attempt INTEGER NOT NULL, step INTEGER NOT NULL, subject TEXT NOT NULL,
         name TEXT NOT NULL, path TEXT NOT NULL, at_ms INTEGER NOT NULL,
+        ckpt_dir TEXT NOT NULL DEFAULT '',
         UNIQUE(job_id, subject, name));
       CREATE TABLE job_links(
         job_id TEXT NOT NULL REFERENCES jobs(id), parent_job TEXT NOT NULL,
@@ -554,17 +555,18 @@ Status StateStore::SetResumedLoaded(const std::string& job_id, uint32_t attempt,
 
 Result<bool> StateStore::AddAttestation(const AttestationRow& a) {
   CAIRN_ASSIGN_OR_RETURN(auto q, Prepare(
-      "INSERT OR IGNORE INTO attestations(job_id, attempt, step, subject, name, path, at_ms) "
-      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"));
+      "INSERT OR IGNORE INTO attestations(job_id, attempt, step, subject, name, path, at_ms, "
+      "ckpt_dir) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"));
   q.Bind(1, a.job_id).Bind(2, static_cast<int64_t>(a.attempt)).Bind(3, static_cast<int64_t>(a.step));
-  q.Bind(4, a.subject_hex).Bind(5, a.name).Bind(6, a.path).Bind(7, a.at_ms);
+  q.Bind(4, a.subject_hex).Bind(5, a.name).Bind(6, a.path).Bind(7, a.at_ms).Bind(8, a.ckpt_dir);
   CAIRN_RETURN_IF_ERROR(WithContext(q.Run(), path_ + ": record attestation"));
   return sqlite3_changes(db_) > 0;
 }
 
 Result<std::vector<AttestationRow>> StateStore::Attestations(const std::string& job_id) {
   CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("SELECT job_id, attempt, step, subject, name, path, "
-                                         "at_ms FROM attestations WHERE job_id=?1 ORDER BY id"));
+                                         "at_ms, ckpt_dir FROM attestations WHERE job_id=?1 "
+                                         "ORDER BY id"));
   q.Bind(1, job_id);
   std::vector<AttestationRow> out;
   for (;;) {
@@ -578,7 +580,20 @@ Result<std::vector<AttestationRow>> StateStore::Attestations(const std::string& 
     a.name = q.Text(4);
     a.path = q.Text(5);
     a.at_ms = q.Int(6);
+    a.ckpt_dir = q.Text(7);
     out.push_back(std::move(a));
+  }
+  return out;
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> StateStore::CheckpointDirs() {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("SELECT DISTINCT job_id, ckpt_dir FROM attestations "
+                                         "WHERE ckpt_dir != '' ORDER BY job_id"));
+  std::vector<std::pair<std::string, std::string>> out;
+  for (;;) {
+    CAIRN_ASSIGN_OR_RETURN(bool row, WithContext(q.Step(), path_));
+    if (!row) break;
+    out.emplace_back(q.Text(0), q.Text(1));
   }
   return out;
 }

@@ -63,6 +63,7 @@ struct AttestationRow {
   std::string name;           // "checkpoint step N" or "final"
   std::string path;           // the envelope file
   int64_t at_ms = 0;
+  std::string ckpt_dir;       // the checkpoint directory the rank reported
 };
 
 class StateStore {
@@ -143,6 +144,8 @@ class StateStore {
   Result<bool> AddAttestation(const AttestationRow& a);
   Result<std::vector<AttestationRow>> Attestations(const std::string& job_id);
   Result<std::vector<std::string>> JobsWithSubject(const std::string& subject_hex);
+  // (job, checkpoint directory) of every job with an attested checkpoint.
+  Result<std::vector<std::pair<std::string, std::string>>> CheckpointDirs();
   Status AddLink(const std::string& job_id, const std::string& parent_job, const std::string& via);
   // (parent job, via) pairs.
   Result<std::vector<std::pair<std::string, std::string>>> Links(const std::string& job_id);

@@ -39,6 +39,8 @@ class ProgressReporter {
   // The checkpoint this attempt resumed from (manifest digest, hex), carried by every
   // later report: the orchestrator records it as the attempt's provenance.
   void SetResumedFrom(std::string manifest_hex) { resumed_from_ = std::move(manifest_hex); }
+  // The checkpoint directory (absolute), so the orchestrator knows where the heads are.
+  void SetCheckpointDir(std::string dir) { ckpt_dir_ = std::move(dir); }
   uint64_t sent() const { return sent_; }
   uint64_t dropped() const { return dropped_; }
   uint64_t coalesced() const { return coalesced_; }  // skipped: too soon after the last
@@ -62,6 +64,7 @@ class ProgressReporter {
   int exit_code_ = 0;
   std::string ckpt_head_;
   std::string resumed_from_;
+  std::string ckpt_dir_;
 };
 
 }  // namespace cairn::rt

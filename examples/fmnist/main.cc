@@ -671,6 +671,8 @@ Result<int> Trainer::Run() {
                                          "CAIRN_PROVENANCE_DIGEST"));
     }
     CAIRN_ASSIGN_OR_RETURN(writer_, ckpt::CheckpointWriter::Open(wo));
+    std::error_code ec;
+    progress_.SetCheckpointDir(std::filesystem::absolute(opt_.ckpt_dir, ec).lexically_normal());
   }
   if (comm_->rank() == 0) {
     log::Logger("fmnist")->info(
