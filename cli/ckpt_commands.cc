@@ -14,6 +14,7 @@
 #include "checkpoint/store.h"
 #include "checkpoint/writer.h"
 #include "cli/commands.h"
+#include "provenance/digest.h"
 
 namespace cairn::cli {
 namespace {
@@ -338,9 +339,24 @@ void RegisterCheckpointCommands(CLI::App& app, Context* ctx) {
             {"world_size", std::to_string(reader->world_size())},
             {"manifest_digest", ckpt::ToHex(reader->digest())}};
         CAIRN_RETURN_IF_ERROR(ckpt::WritePlainH5(*out, tensors, blobs, attrs));
-        std::printf("exported step %llu rank %u (%zu tensors) to %s (UNENCRYPTED)\n",
+        // Lineage: what this file is an export of, for cairnd to link a job that starts
+        // from it (the file's digest ties the note to these exact bytes).
+        CAIRN_ASSIGN_OR_RETURN(auto file_digest, prov::Sha256File(*out));
+        std::error_code ec;
+        nlohmann::json note = {
+            {"format", "cairn-export/v1"},
+            {"file_sha256", ckpt::ToHex(file_digest)},
+            {"source_dir", std::filesystem::absolute(*dir, ec).lexically_normal().string()},
+            {"step", reader->step()},
+            {"rank", *rank},
+            {"run_id", reader->manifest().run_id},
+            {"manifest_sha256", ckpt::ToHex(reader->digest())}};
+        CAIRN_RETURN_IF_ERROR(io::WriteFileAtomic(io::DefaultFileSystem(), *out + ".lineage.json",
+                                                  note.dump(2) + "\n", 0644));
+        std::printf("exported step %llu rank %u (%zu tensors) to %s (UNENCRYPTED); lineage in "
+                    "%s.lineage.json\n",
                     static_cast<unsigned long long>(reader->step()), *rank, tensors.size(),
-                    out->c_str());
+                    out->c_str(), out->c_str());
         return OkStatus();
       });
     });

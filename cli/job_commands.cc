@@ -219,6 +219,7 @@ std::string ToJson(const google::protobuf::Message& m) {
   google::protobuf::util::JsonPrintOptions o;
   o.add_whitespace = true;
   o.preserve_proto_field_names = true;
+  o.always_print_primitive_fields = true;  // a stable shape: false and 0 are printed too
   (void)google::protobuf::util::MessageToJsonString(m, &out, o);
   return out;
 }
@@ -247,7 +248,8 @@ void RegisterJobCommands(CLI::App& app, Context* ctx) {
   submit->add_option("--executor", f->executor, "local or slurm (default local)");
   submit->add_option("--input", f->inputs,
                      "An input to digest and record: [data:|model:]PATH[@SHA256] (with a digest: "
-                     "pinned; the job does not start if the file differs). Repeatable");
+                     "pinned; the job does not start if the file differs). Repeatable")
+      ->allow_extra_args(false);  // one value per --input; "--" still ends the options
   submit->add_option("--workdir", f->workdir, "Working directory of the ranks");
   submit->add_option("--hang-timeout", f->hang_timeout, "No progress for this long = hung (5m)");
   submit->add_option("--grace-period", f->grace_period, "SIGTERM to SIGKILL on teardown (30s)");
@@ -266,6 +268,10 @@ void RegisterJobCommands(CLI::App& app, Context* ctx) {
       // Provenance: inputs by absolute path (cairnd hashes them), and the code version of
       // the working tree the job runs from.
       std::error_code ec;
+      if (!req.spec().workdir().empty()) {
+        req.mutable_spec()->set_workdir(
+            std::filesystem::absolute(req.spec().workdir(), ec).lexically_normal().string());
+      }
       const std::string base = req.spec().workdir().empty()
                                    ? std::filesystem::current_path(ec).string()
                                    : req.spec().workdir();

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
+#include "common/io.h"
 #include "common/log.h"
 
 namespace cairn::coord {
@@ -347,6 +349,31 @@ void JobManager::LinkInputs(const Run& run) {
     }
     std::string hex;
     for (unsigned char c : in.sha256()) hex += fmt::format("{:02x}", c);
+    // An export (`cairn ckpt export`) carries a note of its source next to it; the note
+    // counts only if it names these exact bytes.
+    if (auto note = io::ReadWholeFile(io::DefaultFileSystem(), in.path() + ".lineage.json", 1 << 20);
+        note) {
+      auto j = nlohmann::json::parse(*note, nullptr, false);
+      if (j.is_object() && j.value("file_sha256", "") == hex) {
+        const std::string manifest = j.value("manifest_sha256", "");
+        const std::string source = j.value("source_dir", "");
+        const std::string via = fmt::format("model input {} is an export of its checkpoint {}",
+                                            in.path(), manifest.substr(0, 16));
+        std::set<std::string> parents;
+        if (auto by_subject = store_->JobsWithSubject(manifest); by_subject) {
+          parents.insert(by_subject->begin(), by_subject->end());
+        }
+        for (const auto& [job, d] : dirs) {
+          if (!source.empty() && std::filesystem::weakly_canonical(d, ec) ==
+                                     std::filesystem::weakly_canonical(source, ec)) {
+            parents.insert(job);
+          }
+        }
+        for (const auto& parent : parents) {
+          if (parent != run.job_id) (void)store_->AddLink(run.job_id, parent, via);
+        }
+      }
+    }
     if (auto parents = store_->JobsWithSubject(hex); parents) {
       for (const auto& parent : *parents) {
         if (parent == run.job_id) continue;

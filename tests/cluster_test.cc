@@ -16,6 +16,11 @@
 
 #include <fmt/format.h>
 
+#include "checkpoint/crypto.h"
+#include "checkpoint/types.h"
+#include "provenance/attestation.h"
+#include "provenance/digest.h"
+#include "provenance/dsse.h"
 #include "tests/process_util.h"
 
 namespace cairn {
@@ -176,10 +181,57 @@ class ClusterTest : public ::testing::Test {
     return sha;
   }
 
+  // `cairn lineage JOB --json`: the job and its ancestors.
+  nlohmann::json Lineage(const std::string& id) {
+    auto r = Cli({"lineage", id, "--json"});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    auto j = nlohmann::json::parse(r.output, nullptr, false);
+    return j.is_discarded() ? nlohmann::json::array({nlohmann::json::object()}) : j;
+  }
+
+  // proto JSON writes bytes as base64: as hex.
+  static std::string Base64Hex(const std::string& b64) {
+    auto raw = prov::Base64Decode(b64);
+    return raw ? ckpt::ToHex(std::span(reinterpret_cast<const uint8_t*>(raw->data()), raw->size()))
+               : std::string("(bad base64)");
+  }
+
   fs::path dir_;
   std::string key_;
   static inline int counter_ = 0;
 };
+
+std::string Git(const fs::path& repo, std::vector<std::string> args) {
+  std::vector<std::string> argv = {"/usr/bin/git", "-C", repo.string(), "-c", "user.name=t",
+                                   "-c", "user.email=t@example.com"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto r = RunCommand(argv);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return r.output;
+}
+
+std::string Sha256Hex(const std::string& path) {
+  auto d = prov::Sha256File(path);
+  return d ? ckpt::ToHex(*d) : std::string();
+}
+
+// The in-toto statement inside a DSSE envelope file, and a way to write one back.
+nlohmann::json StatementOf(const std::string& envelope_path) {
+  auto env = nlohmann::json::parse(ReadFile(envelope_path));
+  return nlohmann::json::parse(*prov::Base64Decode(env["payload"].get<std::string>()));
+}
+void WriteEnvelopeWithPayload(const std::string& path, const nlohmann::json& statement) {
+  auto env = nlohmann::json::parse(ReadFile(path));
+  env["payload"] = prov::Base64Encode(statement.dump());
+  std::ofstream(path, std::ios::trunc) << env.dump();
+}
+
+const nlohmann::json* CodeDependency(const nlohmann::json& statement) {
+  for (const auto& d : statement["predicate"]["buildDefinition"]["resolvedDependencies"]) {
+    if (d.value("name", "") == "code") return &d;
+  }
+  return nullptr;
+}
 
 TEST_F(ClusterTest, KilledRankIsRestartedFromTheCheckpointWithIdenticalWeights) {
   const std::string reference = Reference();
@@ -199,6 +251,169 @@ TEST_F(ClusterTest, KilledRankIsRestartedFromTheCheckpointWithIdenticalWeights) 
       << j.dump(1);
   EXPECT_EQ(WeightsOf(id), reference);
   EXPECT_TRUE(JobProcesses(dir_.string(), id).empty());
+  // Provenance: attempt 2 records the checkpoint it loaded, which is the one its rank 0
+  // logged, and which attempt 1 reported as its head.
+  auto lineage = Lineage(id);
+  ASSERT_EQ(lineage[0]["attempts"].size(), 2u) << lineage.dump(1);
+  const std::string loaded = lineage[0]["attempts"][1].value("resumed_loaded", std::string());
+  auto logs = Cli({"logs", id, "--attempt", "2"});
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(logs.output, m,
+                                std::regex("resumed from step \\d+ .*: manifest ([0-9a-f]{64})")))
+      << logs.output;
+  EXPECT_EQ(loaded, m[1].str()) << lineage.dump(1);
+  EXPECT_EQ(Base64Hex(lineage[0]["attempts"][1]["record"].value("resumed_from_manifest", "")),
+            m[1].str());
+  auto verify = Cli({"lineage", "verify", id});
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+}
+
+// Provenance end to end: code versions (clean and dirty tree), inputs with pins, signed
+// attestations that `cairn lineage verify` checks (and catches when tampered with), a
+// pinned input changed by one byte refusing the job, and a job started from another's
+// export linked to it.
+TEST_F(ClusterTest, ProvenanceRecordsCodeAndInputsSignsCheckpointsAndRefusesChangedPins) {
+  // A git working tree for the job, and a private copy of the data set.
+  const fs::path repo = dir_ / "repo";
+  fs::create_directories(repo);
+  std::ofstream(repo / "train.cfg") << "lr: 0.001\n";
+  Git(repo, {"init", "-q"});
+  Git(repo, {"add", "train.cfg"});
+  Git(repo, {"commit", "-q", "-m", "first"});
+  const std::string commit = Git(repo, {"rev-parse", "HEAD"}).substr(0, 40);
+  const fs::path data = dir_ / "data";
+  fs::create_directories(data);
+  for (const auto& e : fs::directory_iterator("/usr/share/datasets/fashion-mnist")) {
+    fs::copy_file(e.path(), data / e.path().filename());
+  }
+  const std::string labels = (data / "t10k-labels-idx1-ubyte.gz").string();
+  const std::string pin = Sha256Hex(labels);
+  auto submit = [&](const std::string& name, const std::string& pinned_file) {
+    auto r = Cli({"submit", "--ranks", "2", "--launcher", "mpi", "--name", name, "--workdir",
+                  repo.string(), "--max-restarts", "0", "--input", "data:" + data.string(),
+                  "--input", "data:" + pinned_file + "@" + pin, "--", "cairn-fmnist",
+                  "--data-dir", data.string(), "--steps", "40", "--ckpt-every", "20",
+                  "--key-file", key_, "--ckpt-dir", (dir_ / name).string()});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return r.output.substr(0, r.output.find('\n'));
+  };
+
+  // 1. A clean tree.
+  const std::string clean = submit("clean", labels);
+  auto w = Cli({"wait", clean, "--timeout", "180s"});
+  ASSERT_EQ(w.exit_code, 0) << w.output;
+  auto l = Lineage(clean)[0];
+  EXPECT_EQ(l["code"]["git_commit"], commit) << l.dump(1);
+  EXPECT_EQ(l["code"]["dirty"], false) << l.dump(1);
+  ASSERT_EQ(l["attempts"].size(), 1u) << l.dump(1);
+  const auto& rec = l["attempts"][0]["record"];
+  ASSERT_EQ(rec["inputs"].size(), 2u) << rec.dump(1);
+  EXPECT_EQ(rec["inputs"][0]["pinned"], false);
+  EXPECT_EQ(rec["inputs"][1]["pinned"], true);
+  EXPECT_EQ(Base64Hex(rec["inputs"][1]["sha256"]), pin);
+  std::string final_envelope;
+  for (const auto& a : l["attestations"]) {
+    if (a["name"] == "final") final_envelope = a["path"];
+  }
+  ASSERT_FALSE(final_envelope.empty()) << l.dump(1);
+  const auto statement = StatementOf(final_envelope);
+  ASSERT_NE(CodeDependency(statement), nullptr) << statement.dump(1);
+  EXPECT_EQ((*CodeDependency(statement))["annotations"]["dirty"], false);
+  EXPECT_EQ((*CodeDependency(statement))["digest"]["gitCommit"], commit);
+  auto verify = Cli({"lineage", "verify", clean});
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  EXPECT_NE(verify.output.find(", 0 failed"), std::string::npos) << verify.output;
+
+  // 2. A dirty tree: the diff is kept, its digest recorded and attested.
+  std::ofstream(repo / "train.cfg", std::ios::app) << "momentum: 0.9\n";
+  const std::string dirty = submit("dirty", labels);
+  w = Cli({"wait", dirty, "--timeout", "180s"});
+  ASSERT_EQ(w.exit_code, 0) << w.output;
+  l = Lineage(dirty)[0];
+  EXPECT_EQ(l["code"]["dirty"], true) << l.dump(1);
+  auto diff = prov::Base64Decode(l["code"].value("diff", ""));
+  ASSERT_TRUE(diff);
+  EXPECT_NE(diff->find("+momentum: 0.9"), std::string::npos) << *diff;
+  const std::string diff_hex = Base64Hex(l["code"]["diff_sha256"]);
+  EXPECT_EQ(diff_hex, ckpt::ToHex(ckpt::Sha256Of(std::as_bytes(std::span(*diff)))));
+  for (const auto& a : l["attestations"]) {
+    const auto st = StatementOf(a["path"]);
+    ASSERT_NE(CodeDependency(st), nullptr);
+    EXPECT_EQ((*CodeDependency(st))["annotations"]["dirty"], true);
+    EXPECT_EQ((*CodeDependency(st))["annotations"]["diffSha256"], diff_hex);
+  }
+
+  // 3. Tampered attestations fail verify, each naming the problem; the original passes.
+  const std::string original = ReadFile(final_envelope);
+  auto tampered = statement;
+  tampered["subject"][0]["digest"]["sha256"] = std::string(64, 'a');
+  WriteEnvelopeWithPayload(final_envelope, tampered);
+  verify = Cli({"lineage", "verify", clean});
+  EXPECT_NE(verify.exit_code, 0) << verify.output;
+  EXPECT_NE(verify.output.find("FAIL  final (attempt 1)"), std::string::npos) << verify.output;
+  std::ofstream(final_envelope, std::ios::trunc) << original;
+  tampered = statement;
+  tampered["predicate"]["buildDefinition"]["externalParameters"]["jobSpec"]["ranks"] = 64;
+  WriteEnvelopeWithPayload(final_envelope, tampered);
+  verify = Cli({"lineage", "verify", clean});
+  EXPECT_NE(verify.exit_code, 0) << verify.output;
+  EXPECT_NE(verify.output.find("FAIL  final (attempt 1)"), std::string::npos) << verify.output;
+  // Signed properly, but by another key.
+  auto other = prov::SigningKey::Generate();
+  ASSERT_TRUE(other);
+  auto resigned = prov::SignStatement(statement.dump(), *other);
+  ASSERT_TRUE(resigned) << resigned.error().ToString();
+  std::ofstream(final_envelope, std::ios::trunc) << *resigned;
+  verify = Cli({"lineage", "verify", clean});
+  EXPECT_NE(verify.exit_code, 0) << verify.output;
+  EXPECT_NE(verify.output.find(other->keyid().substr(0, 16)), std::string::npos) << verify.output;
+  std::ofstream(final_envelope, std::ios::trunc) << original;
+  verify = Cli({"lineage", "verify", clean});
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+
+  // 4. A job started from the clean job's export links to it.
+  auto exported = RunCommand({testing::BinDir() + "/cairn", "ckpt", "export",
+                              (dir_ / "clean").string(), "--step", "40", "--out",
+                              (dir_ / "clean.h5").string(), "--key-file", key_});
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  auto child = Cli({"submit", "--ranks", "1", "--name", "child", "--input",
+                    "model:" + (dir_ / "clean.h5").string(), "--", "/bin/true"});
+  ASSERT_EQ(child.exit_code, 0) << child.output;
+  const std::string child_id = child.output.substr(0, child.output.find('\n'));
+  w = Cli({"wait", child_id, "--timeout", "60s"});
+  EXPECT_EQ(w.exit_code, 0) << w.output;
+  auto tree = Lineage(child_id);
+  ASSERT_EQ(tree.size(), 2u) << tree.dump(1);
+  ASSERT_EQ(tree[0]["parents"].size(), 1u) << tree.dump(1);
+  EXPECT_EQ(tree[0]["parents"][0]["parent_job"], clean);
+  EXPECT_EQ(tree[1]["job"]["job_id"], clean);
+
+  // 5. The pinned file changed by one byte: the job does not start, and says why.
+  {
+    std::fstream f(labels, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(100);
+    const char c = static_cast<char>(f.get());
+    f.seekp(100);
+    f.put(static_cast<char>(c ^ 1));
+  }
+  const std::string actual = Sha256Hex(labels);
+  const std::string refused = submit("refused", labels);
+  w = Cli({"wait", refused, "--timeout", "60s"});
+  EXPECT_NE(w.exit_code, 0) << w.output;
+  auto j = Job(refused);
+  EXPECT_EQ(j["state"], "JOB_FAILED") << j.dump(1);
+  const std::string msg = j.value("message", std::string());
+  EXPECT_NE(msg.find(labels), std::string::npos) << msg;
+  EXPECT_NE(msg.find(pin), std::string::npos) << msg;
+  EXPECT_NE(msg.find(actual), std::string::npos) << msg;
+  EXPECT_EQ(j.value("restarts", 0), 0);
+  EXPECT_FALSE(fs::exists(dir_ / "refused")) << "the job ran";
+  EXPECT_TRUE(JobProcesses(dir_.string(), refused).empty());
+  // ... and the finished job's lineage now says its data changed.
+  verify = Cli({"lineage", "verify", clean});
+  EXPECT_NE(verify.exit_code, 0) << verify.output;
+  EXPECT_NE(verify.output.find(labels + " changed since the run"), std::string::npos)
+      << verify.output;
 }
 
 TEST_F(ClusterTest, HungRankIsDetectedWithinTheHangTimeoutAndTheJobResumes) {
