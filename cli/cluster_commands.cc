@@ -114,7 +114,10 @@ Status Down(const std::string& dir) {
   return OkStatus();
 }
 
-Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::string& node_timeout) {
+Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::string& node_timeout,
+          bool slurm) {
+  std::vector<std::string> cairnd_argv = {"--state-dir", dir, "--node-timeout", node_timeout};
+  if (slurm) cairnd_argv.push_back("--slurm");
   if (agents < 0 || agents > 64) return MakeError(Code::kInvalidArgument, "--agents must be 0..64");
   CAIRN_RETURN_IF_ERROR(io::CreateDirs(io::DefaultFileSystem(), dir, 0700));
   const std::string pids_file = io::JoinPath(dir, "cluster.pids");
@@ -138,8 +141,9 @@ Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::str
         std::error_code rm;
         std::filesystem::remove(io::JoinPath(dir, "cairnd.addr"), rm);
       }
-      auto pid = i == 0 ? Daemon({bin + "/cairnd", "--state-dir", dir, "--node-timeout",
-                                  node_timeout},
+      std::vector<std::string> cairnd = {bin + "/cairnd"};
+      cairnd.insert(cairnd.end(), cairnd_argv.begin(), cairnd_argv.end());
+      auto pid = i == 0 ? Daemon(cairnd,
                                  io::JoinPath(dir, "cairnd.log"))
                         : Daemon(agent_argv(static_cast<int>(i - 1)),
                                  io::JoinPath(dir, fmt::format("agent-{}.log", i - 1)));
@@ -171,8 +175,9 @@ Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::str
   };
   std::error_code ec;
   std::filesystem::remove(io::JoinPath(dir, "cairnd.addr"), ec);
-  CAIRN_ASSIGN_OR_RETURN(pid_t cairnd, Daemon({bin + "/cairnd", "--state-dir", dir, "--node-timeout",
-                                               node_timeout},
+  std::vector<std::string> cairnd_cmd = {bin + "/cairnd"};
+  cairnd_cmd.insert(cairnd_cmd.end(), cairnd_argv.begin(), cairnd_argv.end());
+  CAIRN_ASSIGN_OR_RETURN(pid_t cairnd, Daemon(cairnd_cmd,
                                               io::JoinPath(dir, "cairnd.log")));
   pids.push_back(cairnd);
   CAIRN_RETURN_IF_ERROR(record());
@@ -230,6 +235,7 @@ void RegisterClusterCommands(CLI::App& app, Context* ctx) {
     int agents = 1;
     int cpus = 0;
     std::string node_timeout = "5s";
+    bool slurm = false;
   };
   auto f = std::make_shared<Flags>();
   auto* up = app.add_subcommand("up", "Start a local cluster (cairnd + agents) in the background");
@@ -238,9 +244,14 @@ void RegisterClusterCommands(CLI::App& app, Context* ctx) {
   up->add_option("--cpus-per-agent", f->cpus, "CPUs each agent declares (default: all cores)");
   up->add_option("--node-timeout", f->node_timeout, "Heartbeat timeout of a node")
       ->capture_default_str();
+  up->add_flag("--slurm", f->slurm,
+               "cairnd also runs jobs submitted with --executor slurm, through the SLURM "
+               "cluster SLURM_CONF names");
   up->callback([ctx, f] {
     const int cpus = f->cpus > 0 ? f->cpus : static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
-    if (auto s = Up(coord::DefaultStateDir(f->state_dir), f->agents, cpus, f->node_timeout); !s) {
+    if (auto s = Up(coord::DefaultStateDir(f->state_dir), f->agents, cpus, f->node_timeout,
+                    f->slurm);
+        !s) {
       ctx->exit_code = ReportError("cairn", s.error());
     }
   });

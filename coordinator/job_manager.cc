@@ -117,6 +117,17 @@ uint64_t JobManager::OrdersVersion(const std::string& node_id) const {
 }
 
 Status JobManager::Queue(const std::string& job_id, const proto::JobSpec& spec) {
+  if (spec.executor() == "slurm") {
+    if (slurm_ == nullptr) {
+      return MakeError(Code::kFailedPrecondition,
+                       "executor slurm: this cairnd has no SLURM executor (start cairnd with "
+                       "--slurm, or submit with --executor local)");
+    }
+    if (std::find(slurm_queue_.begin(), slurm_queue_.end(), job_id) == slurm_queue_.end()) {
+      slurm_queue_.push_back(job_id);
+    }
+    return OkStatus();
+  }
   return scheduler_->Submit(RequestOf(job_id, spec));
 }
 
@@ -127,6 +138,37 @@ Status JobManager::Recover() {
     const proto::RunStatus* last = js.runs().empty() ? nullptr : &js.runs(js.runs_size() - 1);
     const bool live = last != nullptr && (last->state() == proto::RUN_STARTING ||
                                           last->state() == proto::RUN_RUNNING);
+    if (live && js.spec().executor() == "slurm" && !last->executor_job_id().empty()) {
+      // A SLURM job keeps running without cairnd: follow it again.
+      Run r;
+      r.job_id = js.job_id();
+      r.attempt = last->attempt();
+      r.run_id = last->run_id();
+      r.spec = js.spec();
+      r.slurm = true;
+      r.slurm_id = last->executor_job_id();
+      r.expected_head = last->resumed_from_manifest();
+      r.head_step = js.checkpoint_step();
+      r.master_port = MasterPort(r.run_id);
+      r.started_ms = now;
+      r.last_progress_ms = now;
+      r.running = last->state() == proto::RUN_RUNNING;
+      if (keeper_ != nullptr) {
+        if (auto rows = store_->Provenance(r.job_id); rows) {
+          for (const auto& row : *rows) {
+            if (row.attempt == r.attempt && r.record.ParseFromString(row.record)) {
+              r.provenance_digest = row.digest_hex;
+            }
+          }
+        }
+      }
+      auto& run = runs_[r.job_id] = std::move(r);
+      if (js.state() == proto::JOB_CANCELLED) {
+        Stop(run, proto::RUN_CANCELLED, "cancelled", "", 0);
+      }
+      Log()->info("job {}: following SLURM job {} again", run.job_id, run.slurm_id);
+      continue;
+    }
     if (live) {
       auto bytes = store_->RunPlacement(js.job_id(), last->attempt());
       Result<Placement> placement =
@@ -215,6 +257,17 @@ void JobManager::Schedule() {
       scheduler_->Release(p.job_id);
       (void)store_->SetJobState(p.job_id, proto::JOB_FAILED, s.error().ToString(), now);
       Event(p.job_id, "failed", s.error().ToString());
+    }
+  }
+  // SLURM does its own queueing: every waiting slurm job is submitted at once.
+  auto slurm_jobs = std::move(slurm_queue_);
+  slurm_queue_.clear();
+  for (const auto& job_id : slurm_jobs) {
+    if (runs_.contains(job_id)) continue;
+    if (auto s = StartSlurmRun(job_id); !s) {
+      Log()->error("job {}: cannot start: {}", job_id, s.error().ToString());
+      (void)store_->SetJobState(job_id, proto::JOB_FAILED, s.error().ToString(), now);
+      Event(job_id, "failed", s.error().ToString());
     }
   }
 }
@@ -317,6 +370,10 @@ void JobManager::OnPrepared(const std::string& job_id, uint32_t attempt,
   LinkInputs(run);
   run.started_ms = clock_();
   run.last_progress_ms = run.started_ms;
+  if (run.slurm) {
+    SubmitSlurm(run);
+    return;
+  }
   Changed(run);
 }
 
@@ -574,6 +631,7 @@ void JobManager::Stop(Run& run, proto::RunState outcome, std::string why, std::s
   run.blame_node = std::move(blame);
   run.stop_grace_ms = grace_ms;
   run.failed_step = StepOf(run);
+  if (run.slurm) CancelSlurm(run);
   if (outcome == proto::RUN_FAILED) {
     Log()->warn("job {}: attempt {} failed at step {}: {}", run.job_id, run.attempt,
                 run.failed_step, run.failure);
@@ -585,6 +643,8 @@ void JobManager::Stop(Run& run, proto::RunState outcome, std::string why, std::s
 }
 
 void JobManager::MaybeFinish(Run& run) {
+  // A SLURM job is over when SLURM says so (or when it never got one).
+  if (run.slurm && (run.slurm_submitting || (!run.slurm_id.empty() && !run.slurm_final))) return;
   for (const auto& n : run.nodes) {
     if (!node_view_(n).alive) continue;  // lost: its agent stops the run by itself
     auto r = run.reports.find(n);
@@ -707,6 +767,191 @@ Status JobManager::Finish(Run& run) {
   return OkStatus();
 }
 
+// ---- slurm executor --------------------------------------------------------------
+
+Status JobManager::StartSlurmRun(const std::string& job_id) {
+  CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(job_id));
+  const int64_t now = clock_();
+  Run r;
+  r.job_id = job_id;
+  r.spec = js.spec();
+  r.slurm = true;
+  r.expected_head = js.checkpoint_head();
+  r.head_step = js.checkpoint_step();
+  CAIRN_RETURN_IF_ERROR(store_->InTransaction([&]() -> Status {
+    CAIRN_ASSIGN_OR_RETURN(r.attempt, store_->BeginRun(job_id, "slurm", r.expected_head,
+                                                       js.checkpoint_step(), now));
+    CAIRN_RETURN_IF_ERROR(store_->SetJobState(
+        job_id, proto::JOB_RUNNING, fmt::format("attempt {} submitted to SLURM", r.attempt), now));
+    return store_->AppendEvent(
+        job_id, "placed",
+        fmt::format("attempt {}: {} rank(s) through SLURM; {}", r.attempt, r.spec.ranks(),
+                    js.checkpoint_step() > 0
+                        ? fmt::format("resumes from the checkpoint of step {}", js.checkpoint_step())
+                        : std::string("fresh start unless the job finds a checkpoint")),
+        now);
+  }));
+  r.run_id = fmt::format("{}.{}", job_id, r.attempt);
+  r.master_port = MasterPort(r.run_id);
+  r.started_ms = now;
+  r.last_progress_ms = now;
+  auto& run = runs_[job_id] = std::move(r);
+  if (keeper_ != nullptr) {
+    BeginPrepare(run, now);
+  } else {
+    SubmitSlurm(run);
+  }
+  return OkStatus();
+}
+
+void JobManager::SubmitSlurm(Run& run) {
+  SlurmJobRequest req;
+  req.name = "cairn-" + run.run_id;
+  req.command.assign(run.spec.command().begin(), run.spec.command().end());
+  req.launcher = run.spec.launcher();
+  req.ranks = run.spec.ranks();
+  req.nodes = run.spec.nodes();
+  req.ranks_per_node = run.spec.ranks_per_node();
+  req.cpus_per_rank = std::max(1u, run.spec.cpus_per_rank());
+  req.gpus_per_rank = run.spec.gpus_per_rank();
+  req.workdir = run.spec.workdir();
+  for (const auto& [k, v] : run.spec.env()) req.env[k] = v;
+  req.env["CAIRN_RUN_ID"] = run.job_id;
+  req.env["CAIRN_JOB_ID"] = run.job_id;
+  req.env["CAIRN_ATTEMPT"] = std::to_string(run.attempt);
+  req.env["CAIRN_STATE_DIR"] = options_.state_dir;
+  if (!run.expected_head.empty()) req.env["CAIRN_EXPECTED_HEAD"] = run.expected_head;
+  if (!run.spec.checkpoint_dir().empty()) req.env["CAIRN_CKPT_DIR"] = run.spec.checkpoint_dir();
+  if (!run.provenance_digest.empty()) req.env["CAIRN_PROVENANCE_DIGEST"] = run.provenance_digest;
+  req.master_port = static_cast<uint16_t>(run.master_port);
+  const std::string attempt_dir =
+      fmt::format("{}/logs/{}/attempt-{}", options_.state_dir, run.job_id, run.attempt);
+  req.script_dir = attempt_dir;
+  req.output_path = attempt_dir + "/slurm.out";
+  run.slurm_submitting = true;
+  slurm_worker_->Run([this, exec = slurm_, req = std::move(req), job_id = run.job_id,
+                      attempt = run.attempt]() -> std::function<void()> {
+    auto id = exec->Submit(req);
+    return [this, job_id, attempt, id = std::move(id)]() mutable {
+      auto it = runs_.find(job_id);
+      if (it == runs_.end() || it->second.attempt != attempt) {
+        if (id) (void)slurm_->Cancel(*id);  // the attempt is gone: so must its job be
+        return;
+      }
+      Run& run = it->second;
+      run.slurm_submitting = false;
+      if (!id) {
+        run.user_error = id.error().code() == Code::kInvalidArgument;
+        if (!run.stopping) {
+          Stop(run, proto::RUN_FAILED, "sbatch: " + id.error().ToString(), "", 0);
+        } else {
+          MaybeFinish(run);
+        }
+        return;
+      }
+      run.slurm_id = *id;
+      (void)store_->SetRunExecutorId(job_id, attempt, *id);
+      Event(job_id, "slurm-submitted", fmt::format("attempt {}: SLURM job {}", attempt, *id));
+      Log()->info("job {}: attempt {} is SLURM job {}", job_id, attempt, *id);
+      if (run.stopping) CancelSlurm(run);  // cancelled while sbatch ran
+    };
+  });
+}
+
+void JobManager::CancelSlurm(Run& run) {
+  if (run.slurm_id.empty() || run.slurm_final || run.slurm_cancel_sent) return;
+  run.slurm_cancel_sent = true;
+  slurm_worker_->Run([this, exec = slurm_, id = run.slurm_id,
+                      job_id = run.job_id]() -> std::function<void()> {
+    auto st = exec->Cancel(id);
+    return [this, st = std::move(st), id, job_id] {
+      if (!st) Log()->warn("job {}: scancel {}: {}", job_id, id, st.error().ToString());
+      PollSlurm();  // see it end
+    };
+  });
+}
+
+void JobManager::PollSlurm() {
+  if (slurm_polling_) return;
+  std::vector<std::string> ids;
+  for (const auto& [job_id, run] : runs_) {
+    if (run.slurm && !run.slurm_id.empty() && !run.slurm_final) ids.push_back(run.slurm_id);
+  }
+  slurm_polled_ms_ = clock_();
+  if (ids.empty()) return;
+  slurm_polling_ = true;
+  slurm_worker_->Run([this, exec = slurm_, ids = std::move(ids)]() -> std::function<void()> {
+    auto statuses = exec->Query(ids);
+    return [this, statuses = std::move(statuses)] {
+      slurm_polling_ = false;
+      if (!statuses) {
+        Log()->warn("squeue: {}", statuses.error().ToString());
+        return;
+      }
+      for (const auto& st : *statuses) OnSlurmStatus(st);
+    };
+  });
+}
+
+void JobManager::OnSlurmStatus(const SlurmJobStatus& st) {
+  auto it = std::find_if(runs_.begin(), runs_.end(),
+                         [&](const auto& kv) { return kv.second.slurm_id == st.id; });
+  if (it == runs_.end()) return;
+  Run& run = it->second;
+  const std::string what = fmt::format("SLURM job {} {}{}", st.id, st.slurm_state,
+                                       st.reason.empty() || st.reason == "None"
+                                           ? std::string()
+                                           : " (" + st.reason + ")");
+  if (st.state == SlurmJobState::kUnknown) {
+    if (++run.slurm_unknown < 3) return;
+    run.slurm_final = true;  // slurmctld forgot it: nothing of it can be followed
+    if (!run.stopping) {
+      Stop(run, proto::RUN_FAILED, fmt::format("SLURM no longer knows job {}", st.id), "", 0);
+    } else {
+      MaybeFinish(run);
+    }
+    return;
+  }
+  run.slurm_unknown = 0;
+  if (st.state == SlurmJobState::kPending) return;
+  if (st.state == SlurmJobState::kRunning) {
+    run.last_progress_ms = clock_();
+    if (!run.running) {
+      run.running = true;
+      (void)store_->SetRunState(run.job_id, run.attempt, proto::RUN_RUNNING);
+    }
+    return;
+  }
+  // Final.
+  run.slurm_final = true;
+  if (run.stopping) {
+    MaybeFinish(run);
+    return;
+  }
+  switch (st.state) {
+    case SlurmJobState::kCompleted:
+      if (st.exit_code == 0) {
+        Stop(run, proto::RUN_SUCCEEDED, "", "", 0);
+      } else {
+        Stop(run, proto::RUN_FAILED, fmt::format("{}: exit code {}", what, st.exit_code), "", 0);
+      }
+      return;
+    case SlurmJobState::kPreempted:
+      Stop(run, proto::RUN_PREEMPTED, what, "", 0);
+      return;
+    case SlurmJobState::kCancelled:
+      Stop(run, proto::RUN_FAILED, what + ": cancelled outside cairn", "", 0);
+      return;
+    default:
+      Stop(run, proto::RUN_FAILED,
+           st.exit_code > 0 ? fmt::format("{}: exit code {}", what, st.exit_code)
+           : st.signal > 0  ? fmt::format("{}: signal {}", what, st.signal)
+                            : what,
+           "", 0);
+      return;
+  }
+}
+
 void JobManager::OnNodeLost(const std::string& node_id) {
   std::vector<std::string> jobs;
   for (const auto& [job_id, run] : runs_) {
@@ -771,6 +1016,7 @@ Status JobManager::Cancel(const std::string& job_id, const std::string& who) {
   CAIRN_RETURN_IF_ERROR(store_->AppendEvent(job_id, "cancelled", "by " + who, now));
   scheduler_->Dequeue(job_id);
   waiting_.erase(job_id);
+  std::erase(slurm_queue_, job_id);
   if (auto it = runs_.find(job_id); it != runs_.end()) {
     Run& run = it->second;
     if (!run.stopping) {
@@ -815,7 +1061,7 @@ void JobManager::Tick() {
       MaybeFinish(run);
       continue;
     }
-    if (run.preparing) continue;  // hashing inputs: nothing runs yet
+    if (run.preparing || run.slurm) continue;  // hashing inputs / no progress reports
     const int64_t silent = now - run.last_progress_ms;
     // Until its first report an attempt is starting (launch, data, checkpoint load):
     // it gets at least kStartupAllowanceMs.
@@ -846,6 +1092,7 @@ void JobManager::Tick() {
            blame, 0);
     }
   }
+  if (slurm_ != nullptr && now - slurm_polled_ms_ >= options_.slurm_poll_ms) PollSlurm();
   Schedule();
 }
 

@@ -42,8 +42,10 @@
 #include <string>
 #include <vector>
 
+#include "coordinator/blocking_worker.h"
 #include "coordinator/provenance_keeper.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/slurm_executor.h"
 #include "coordinator/state_store.h"
 #include "proto/cairn.pb.h"
 
@@ -53,6 +55,8 @@ struct JobManagerOptions {
   int64_t restart_backoff_ms = 1000;   // before the 2nd restart; doubles after each
   int64_t max_backoff_ms = 60'000;
   uint32_t quarantine_after = 3;       // failed attempts in a row on one node
+  std::string state_dir;               // slurm executor: batch scripts and output under it
+  int64_t slurm_poll_ms = 1000;        // how often SLURM is asked about its jobs
 };
 
 // What the manager needs to know of a node it does not own.
@@ -80,6 +84,18 @@ class JobManager {
   // restart), and every checkpoint head an attempt reports, and the final one, is attested.
   void set_provenance(ProvenanceKeeper* keeper) { keeper_ = keeper; }
   const ProvenanceKeeper* provenance() const { return keeper_; }
+
+  // The slurm executor (jobs with executor "slurm"): each attempt is a SLURM batch job,
+  // submitted, followed (squeue/scontrol) and cancelled on `worker`'s thread. SLURM
+  // allocates; cairn's scheduler and agents are not involved. A SLURM job that ends other
+  // than COMPLETED with exit 0 (failed, timed out, node failure, cancelled by someone
+  // else) is a failed attempt and the job restarts from its checkpoint like any other;
+  // PREEMPTED requeues it. Ranks run without an agent: no progress reports, so no hang
+  // detection; the run's SLURM job id is kept with the attempt.
+  void set_slurm(SlurmExecutor* executor, BlockingWorker* worker) {
+    slurm_ = executor;
+    slurm_worker_ = worker;
+  }
 
   // Called with a node id whenever that node's orders change (wakes its long poll).
   void set_orders_changed(std::function<void(const std::string&)> fn) {
@@ -148,6 +164,13 @@ class JobManager {
     proto::ProvenanceRecord record;
     std::string provenance_digest;
     bool resumed_recorded = false;
+    // slurm executor
+    bool slurm = false;
+    std::string slurm_id;        // SLURM's job id, once sbatch answered
+    bool slurm_submitting = false;
+    bool slurm_final = false;    // SLURM says the job is over
+    bool slurm_cancel_sent = false;
+    int slurm_unknown = 0;       // polls in a row that SLURM did not know the job
     std::string ckpt_dir;  // as rank 0 reported it
   };
   struct Waiting {  // a job between attempts
@@ -155,6 +178,11 @@ class JobManager {
   };
 
   Status StartRun(const Placement& placement);
+  Status StartSlurmRun(const std::string& job_id);
+  void SubmitSlurm(Run& run);
+  void PollSlurm();
+  void OnSlurmStatus(const SlurmJobStatus& st);
+  void CancelSlurm(Run& run);
   void BeginPrepare(Run& run, int64_t now);
   void OnPrepared(const std::string& job_id, uint32_t attempt, Result<PreparedRecord> prepared);
   void LinkInputs(const Run& run);
@@ -176,6 +204,11 @@ class JobManager {
   JobManagerOptions options_;
   std::function<void(const std::string&)> orders_changed_;
   ProvenanceKeeper* keeper_ = nullptr;
+  SlurmExecutor* slurm_ = nullptr;
+  BlockingWorker* slurm_worker_ = nullptr;
+  std::vector<std::string> slurm_queue_;  // slurm-executor jobs waiting to be submitted
+  bool slurm_polling_ = false;
+  int64_t slurm_polled_ms_ = 0;
 
   std::map<std::string, Run> runs_;             // by job id (one live attempt per job)
   std::map<std::string, Waiting> waiting_;      // RESTARTING jobs, by job id

@@ -49,8 +49,9 @@ Result<std::string> EnsureToken(const StateDirPaths& p) {
 }
 
 Result<int> Run(const std::string& state_dir, const std::string& listen,
-                ServiceOptions options) {
+                ServiceOptions options, bool slurm) {
   StateDirPaths p(state_dir);
+  options.jobs.state_dir = p.dir;
   CAIRN_RETURN_IF_ERROR(io::CreateDirs(io::DefaultFileSystem(), p.dir, 0700));
   int lock = ::open(p.lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (lock < 0) return ErrnoError(errno, p.lock);
@@ -88,6 +89,15 @@ Result<int> Run(const std::string& state_dir, const std::string& listen,
                                boost::asio::post(io, std::move(fn));
                              }));
   service.jobs().set_provenance(keeper.get());
+  // The slurm executor's blocking calls run on their own thread.
+  std::unique_ptr<SlurmExecutor> slurm_executor;
+  std::unique_ptr<BlockingWorker> slurm_worker;
+  if (slurm) {
+    slurm_executor = std::make_unique<SlurmExecutor>();
+    slurm_worker = std::make_unique<BlockingWorker>(
+        [&io](std::function<void()> fn) { boost::asio::post(io, std::move(fn)); });
+    service.jobs().set_slurm(slurm_executor.get(), slurm_worker.get());
+  }
   CAIRN_RETURN_IF_ERROR_CTX(service.Recover(), "recover the state in {}", p.db);
   // Periodic work: node liveness.
   boost::asio::steady_timer tick(io);
@@ -138,6 +148,10 @@ int main(int argc, char** argv) {
   std::string node_timeout = "5s";
   app.add_option("--node-timeout", node_timeout, "A node without heartbeats this long is lost")
       ->capture_default_str();
+  bool slurm = false;
+  app.add_flag("--slurm", slurm,
+               "Run jobs submitted with --executor slurm as SLURM batch jobs (sbatch, squeue, "
+               "scontrol and scancel from PATH; the cluster SLURM_CONF names)");
   CLI11_PARSE(app, argc, argv);
 
   auto config = cairn::LoadEffectiveConfig(flags);
@@ -152,7 +166,7 @@ int main(int argc, char** argv) {
   }
   cairn::coord::ServiceOptions options;
   options.node_timeout_ms = timeout->count();
-  auto rc = cairn::coord::Run(cairn::coord::DefaultStateDir(state_dir), listen, options);
+  auto rc = cairn::coord::Run(cairn::coord::DefaultStateDir(state_dir), listen, options, slurm);
   if (!rc) return cairn::ReportError("cairnd", rc.error());
   return *rc;
 }

@@ -307,7 +307,7 @@ Result<std::string> Service::SubmitJob(const proto::Envelope& req) {
   CAIRN_ASSIGN_OR_RETURN(auto r, ParsePayload<proto::SubmitJobRequest>(req));
   proto::JobSpec spec = r.spec();
   CAIRN_RETURN_IF_ERROR(ValidateJobSpec(&spec));
-  if (scheduler_.node_count() > 0) {
+  if (scheduler_.node_count() > 0 && spec.executor() != "slurm") {
     // Could it ever run here? (Without nodes yet, the cluster is still starting.)
     JobRequest jr = RequestOf(
         fmt::format("'{}'", spec.name().empty() ? spec.command(0) : spec.name()), spec);

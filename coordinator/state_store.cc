@@ -184,6 +184,7 @@ Status StateStore::Migrate() {
         job_id TEXT NOT NULL REFERENCES jobs(id), parent_job TEXT NOT NULL,
         via TEXT NOT NULL, PRIMARY KEY(job_id, parent_job, via));
       ALTER TABLE runs ADD COLUMN resumed_loaded TEXT NOT NULL DEFAULT '';
+      ALTER TABLE runs ADD COLUMN executor_id TEXT NOT NULL DEFAULT '';
       PRAGMA user_version = 2;
     )sql");
   });
@@ -345,8 +346,9 @@ Result<proto::JobStatus> StateStore::GetJob(const std::string& job_id) {
   js.set_checkpoint_step(static_cast<uint64_t>(q.Int(6)));
   js.set_message(q.Text(7));
   CAIRN_ASSIGN_OR_RETURN(auto r, Prepare("SELECT attempt, state, started_ms, finished_ms, "
-                                         "resumed_from_manifest, resumed_from_step, failure "
-                                         "FROM runs WHERE job_id=?1 ORDER BY attempt"));
+                                         "resumed_from_manifest, resumed_from_step, failure, "
+                                         "executor_id FROM runs WHERE job_id=?1 ORDER BY "
+                                         "attempt"));
   r.Bind(1, job_id);
   for (;;) {
     CAIRN_ASSIGN_OR_RETURN(bool more, WithContext(r.Step(), path_));
@@ -360,6 +362,7 @@ Result<proto::JobStatus> StateStore::GetJob(const std::string& job_id) {
     run->set_resumed_from_manifest(r.Text(4));
     run->set_resumed_from_step(static_cast<uint64_t>(r.Int(5)));
     run->set_failure(r.Text(6));
+    run->set_executor_job_id(r.Text(7));
     if (run->state() == proto::RUN_PREEMPTED) js.set_preemptions(js.preemptions() + 1);
   }
   return js;
@@ -543,6 +546,14 @@ Result<std::vector<ProvenanceRow>> StateStore::Provenance(const std::string& job
     out.push_back(std::move(r));
   }
   return out;
+}
+
+Status StateStore::SetRunExecutorId(const std::string& job_id, uint32_t attempt,
+                                    const std::string& id) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("UPDATE runs SET executor_id=?3 WHERE job_id=?1 AND "
+                                         "attempt=?2"));
+  q.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt)).Bind(3, id);
+  return WithContext(q.Run(), path_);
 }
 
 Status StateStore::SetResumedLoaded(const std::string& job_id, uint32_t attempt,

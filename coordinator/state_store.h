@@ -119,6 +119,8 @@ class StateStore {
                    const std::string& failure, int64_t now_ms);
   Result<std::string> RunPlacement(const std::string& job_id, uint32_t attempt);
   Status SetRunState(const std::string& job_id, uint32_t attempt, proto::RunState state);
+  // The executor's id of the attempt (SLURM job id).
+  Status SetRunExecutorId(const std::string& job_id, uint32_t attempt, const std::string& id);
 
   // Nodes.
   Status UpsertNode(const NodeRecord& node);

@@ -275,6 +275,7 @@ TEST_F(StateStoreTest, VersionOneDatabaseIsMigrated) {
   ASSERT_EQ(sqlite3_exec(db,
                          "DROP TABLE provenance; DROP TABLE job_code; DROP TABLE attestations; "
                          "DROP TABLE job_links; ALTER TABLE runs DROP COLUMN resumed_loaded; "
+                         "ALTER TABLE runs DROP COLUMN executor_id; "
                          "PRAGMA user_version = 1;",
                          nullptr, nullptr, nullptr),
             SQLITE_OK)

@@ -21,12 +21,16 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
+#include <nlohmann/json.hpp>
 #include <memory>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
+
+#include <fmt/format.h>
 
 #include "common/io.h"
 #include "tests/process_util.h"
@@ -408,6 +412,99 @@ TEST_F(SlurmTest, AgentsInsideAnAllocationRunAJob) {
   EXPECT_EQ(LastValue(log, "weights_sha256").size(), 64u) << log;
   // The agent and cairnd were stopped by the script (SLURM would kill them anyway).
   EXPECT_NE(log.find("stopping the agents"), std::string::npos) << log;
+}
+
+// The slurm executor of cairnd: `cairn submit --executor slurm` runs each attempt as a
+// SLURM batch job; a job cancelled by hand in SLURM is a failed attempt that cairnd
+// resumes (same weights as an uninterrupted run); `cairn cancel` cancels it in SLURM.
+TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
+  const std::string state = (dir_ / "cairn").string();
+  auto cairn = [&](std::vector<std::string> args, seconds timeout = seconds(120)) {
+    args.insert(args.begin() + 1, {"--state-dir", state});
+    args.insert(args.begin(), BinDir() + "/cairn");
+    return RunCommand(args, {}, timeout);
+  };
+  struct Down {
+    std::function<void()> fn;
+    ~Down() { fn(); }
+  } down{[&] { cairn({"down"}); }};
+  auto up = cairn({"up", "--agents", "0", "--slurm"});
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  auto job = [&](const std::string& id) {
+    auto r = cairn({"status", id, "--json"});
+    auto j = nlohmann::json::parse(r.output, nullptr, false);
+    return j.is_discarded() || j["jobs"].empty() ? nlohmann::json::object() : j["jobs"][0];
+  };
+  const std::vector<std::string> flags = {"--steps", "400", "--ckpt-every", "40"};
+  auto reference = Reference(2, flags);
+  std::vector<std::string> submit = {"submit", "--executor", "slurm", "--ranks", "2",
+                                     "--launcher", "mpi", "--name", "through-slurm", "--",
+                                     AbsBinDir() + "/cairn-fmnist", "--ckpt-dir",
+                                     (dir_ / "slurm-ckpt").string(), "--key-file", key_};
+  submit.insert(submit.end(), flags.begin(), flags.end());
+  auto s = cairn(submit);
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  const std::string id = s.output.substr(0, s.output.find('\n'));
+
+  // Once it has checkpointed, cancel its SLURM job by hand.
+  std::string first_slurm_id;
+  for (int i = 0; i < 600 && first_slurm_id.empty(); ++i) {
+    auto j = job(id);
+    bool ckpt = false;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir_ / "slurm-ckpt", ec)) {
+      ckpt = ckpt || e.path().filename().string().starts_with("step-");
+    }
+    if (ckpt && j.contains("runs") && !j["runs"].empty()) {
+      first_slurm_id = j["runs"][0].value("executor_job_id", std::string());
+    }
+    if (first_slurm_id.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_FALSE(first_slurm_id.empty()) << job(id).dump(1);
+  auto sc = Slurm("scancel", {first_slurm_id});
+  ASSERT_EQ(sc.exit_code, 0) << sc.output;
+  auto w = cairn({"wait", id, "--timeout", "300s"}, seconds(320));
+  EXPECT_EQ(w.exit_code, 0) << w.output;
+  auto j = job(id);
+  EXPECT_EQ(j["state"], "JOB_SUCCEEDED") << j.dump(1);
+  ASSERT_GE(j["runs"].size(), 2u) << j.dump(1);
+  EXPECT_NE(j["runs"][0].value("failure", std::string()).find("cancelled outside cairn"),
+            std::string::npos)
+      << j.dump(1);
+  EXPECT_NE(j["runs"][1].value("executor_job_id", std::string()), first_slurm_id);
+  const std::string out = ReadFile(fs::path(state) / "logs" / id /
+                                   fmt::format("attempt-{}", j["runs"].size()) / "slurm.out");
+  // The ranks report to no agent under SLURM: the resume shows in their output.
+  const std::string resumed = LastValue(out, "resumed_from_step");
+  EXPECT_FALSE(resumed.empty() || resumed == "0") << out;
+  const CommandResult ref = reference.get();
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  EXPECT_EQ(LastValue(out, "weights_sha256"), LastValue(ref.output, "weights_sha256")) << out;
+  // The provenance of each attempt is there too.
+  auto lineage = cairn({"lineage", id});
+  EXPECT_EQ(lineage.exit_code, 0) << lineage.output;
+  EXPECT_NE(lineage.output.find("attempt 2"), std::string::npos) << lineage.output;
+
+  // `cairn cancel` cancels the SLURM job.
+  auto s2 = cairn({"submit", "--executor", "slurm", "--ranks", "1", "--", "/bin/sleep", "300"});
+  ASSERT_EQ(s2.exit_code, 0) << s2.output;
+  const std::string id2 = s2.output.substr(0, s2.output.find('\n'));
+  std::string slurm_id;
+  for (int i = 0; i < 300; ++i) {
+    auto j2 = job(id2);
+    if (j2.value("state", "") == "JOB_RUNNING" && !j2["runs"].empty() &&
+        j2["runs"][0].value("state", "") == "RUN_RUNNING") {
+      slurm_id = j2["runs"][0].value("executor_job_id", std::string());
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_FALSE(slurm_id.empty()) << job(id2).dump(1);
+  auto c = cairn({"cancel", id2});
+  EXPECT_EQ(c.exit_code, 0) << c.output;
+  const JobInfo gone = WaitForEnd(slurm_id, seconds(60));
+  EXPECT_EQ(gone.state, "CANCELLED") << gone.raw;
+  EXPECT_EQ(job(id2)["state"], "JOB_CANCELLED");
 }
 
 // Processes whose command line or environment names `needle` (not this process).
