@@ -103,6 +103,11 @@ void PrintTree(const proto::GetLineageReply& l, const std::string& indent) {
     const auto& r = a.record();
     std::printf("%s  attempt %u  record %s  started %s\n", indent.c_str(), a.attempt(),
                 Short(a.digest()).c_str(), prov::Rfc3339Millis(r.started_unix_ms()).c_str());
+    for (const auto& run : js.runs()) {
+      if (run.attempt() == a.attempt() && !run.executor_job_id().empty()) {
+        std::printf("%s    SLURM job %s\n", indent.c_str(), run.executor_job_id().c_str());
+      }
+    }
     if (!a.resumed_loaded().empty()) {
       std::printf("%s    resumed from checkpoint %s\n", indent.c_str(),
                   Short(a.resumed_loaded()).c_str());

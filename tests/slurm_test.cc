@@ -484,6 +484,8 @@ TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   auto lineage = cairn({"lineage", id});
   EXPECT_EQ(lineage.exit_code, 0) << lineage.output;
   EXPECT_NE(lineage.output.find("attempt 2"), std::string::npos) << lineage.output;
+  EXPECT_NE(lineage.output.find("SLURM job " + first_slurm_id), std::string::npos)
+      << lineage.output;
 
   // `cairn cancel` cancels the SLURM job.
   auto s2 = cairn({"submit", "--executor", "slurm", "--ranks", "1", "--", "/bin/sleep", "300"});
