@@ -131,6 +131,37 @@ Status JobManager::Queue(const std::string& job_id, const proto::JobSpec& spec) 
   return scheduler_->Submit(RequestOf(job_id, spec));
 }
 
+// The in-memory run of a live attempt after a coordinator restart (its processes, or its
+// SLURM job, kept running).
+JobManager::Run JobManager::Restored(const proto::JobStatus& js, const proto::RunStatus& last,
+                                     int64_t now) const {
+  Run r;
+  r.job_id = js.job_id();
+  r.attempt = last.attempt();
+  r.run_id = last.run_id();
+  r.spec = js.spec();
+  r.expected_head = last.resumed_from_manifest();
+  r.head_step = js.checkpoint_step();
+  r.master_port = MasterPort(r.run_id);
+  r.started_ms = now;
+  r.last_progress_ms = now;
+  r.running = last.state() == proto::RUN_RUNNING;
+  return r;
+}
+
+bool JobManager::LoadRecord(Run& run) {
+  if (keeper_ == nullptr) return false;
+  auto rows = store_->Provenance(run.job_id);
+  if (!rows) return false;
+  for (const auto& row : *rows) {
+    if (row.attempt != run.attempt || !run.record.ParseFromString(row.record)) continue;
+    run.provenance_digest = row.digest_hex;
+    run.resumed_recorded = !row.resumed_loaded.empty();
+    return true;
+  }
+  return false;
+}
+
 Status JobManager::Recover() {
   CAIRN_ASSIGN_OR_RETURN(auto jobs, store_->ListJobs(/*include_finished=*/true));
   const int64_t now = clock_();
@@ -140,29 +171,11 @@ Status JobManager::Recover() {
                                           last->state() == proto::RUN_RUNNING);
     if (live && js.spec().executor() == "slurm" && !last->executor_job_id().empty()) {
       // A SLURM job keeps running without cairnd: follow it again.
-      Run r;
-      r.job_id = js.job_id();
-      r.attempt = last->attempt();
-      r.run_id = last->run_id();
-      r.spec = js.spec();
+      Run r = Restored(js, *last, now);
       r.slurm = true;
       r.slurm_id = last->executor_job_id();
-      r.expected_head = last->resumed_from_manifest();
-      r.head_step = js.checkpoint_step();
-      r.master_port = MasterPort(r.run_id);
-      r.started_ms = now;
-      r.last_progress_ms = now;
-      r.running = last->state() == proto::RUN_RUNNING;
-      if (keeper_ != nullptr) {
-        if (auto rows = store_->Provenance(r.job_id); rows) {
-          for (const auto& row : *rows) {
-            if (row.attempt == r.attempt && r.record.ParseFromString(row.record)) {
-              r.provenance_digest = row.digest_hex;
-            }
-          }
-        }
-      }
       auto& run = runs_[r.job_id] = std::move(r);
+      LoadRecord(run);
       if (js.state() == proto::JOB_CANCELLED) {
         Stop(run, proto::RUN_CANCELLED, "cancelled", "", 0);
       }
@@ -177,19 +190,9 @@ Status JobManager::Recover() {
                                                         *placement)
                                   : Status(std::unexpected(placement.error()));
       if (restored) {
-        Run r;
-        r.job_id = js.job_id();
-        r.attempt = last->attempt();
-        r.run_id = last->run_id();
-        r.spec = js.spec();
+        Run r = Restored(js, *last, now);
         r.placement = *placement;
         r.nodes = DistinctNodes(r.placement);
-        r.expected_head = last->resumed_from_manifest();
-        r.head_step = js.checkpoint_step();
-        r.master_port = MasterPort(r.run_id);
-        r.started_ms = now;
-        r.last_progress_ms = now;
-        r.running = last->state() == proto::RUN_RUNNING;
         if (js.state() == proto::JOB_CANCELLED) {
           r.stopping = true;
           r.outcome = proto::RUN_CANCELLED;
@@ -197,19 +200,8 @@ Status JobManager::Recover() {
           r.stop_grace_ms = static_cast<int64_t>(js.spec().grace_period_ms());
         }
         auto& run = runs_[r.job_id] = std::move(r);
-        if (keeper_ != nullptr) {
-          // Its record, or (a restart while its inputs were being checked) prepare it again.
-          bool found = false;
-          if (auto rows = store_->Provenance(run.job_id); rows) {
-            for (const auto& row : *rows) {
-              if (row.attempt != run.attempt || !run.record.ParseFromString(row.record)) continue;
-              run.provenance_digest = row.digest_hex;
-              run.resumed_recorded = !row.resumed_loaded.empty();
-              found = true;
-            }
-          }
-          if (!found && !run.stopping) BeginPrepare(run, now);
-        }
+        // Its record, or (a restart while its inputs were being checked) prepare it again.
+        if (keeper_ != nullptr && !LoadRecord(run) && !run.stopping) BeginPrepare(run, now);
         Changed(run);
         Log()->info("job {}: took back attempt {} on {} node(s)", run.job_id, run.attempt,
                     run.nodes.size());

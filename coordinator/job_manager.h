@@ -183,6 +183,9 @@ class JobManager {
   void PollSlurm();
   void OnSlurmStatus(const SlurmJobStatus& st);
   void CancelSlurm(Run& run);
+  Run Restored(const proto::JobStatus& js, const proto::RunStatus& last, int64_t now) const;
+  // The attempt's stored provenance record into `run`; false if there is none.
+  bool LoadRecord(Run& run);
   void BeginPrepare(Run& run, int64_t now);
   void OnPrepared(const std::string& job_id, uint32_t attempt, Result<PreparedRecord> prepared);
   void LinkInputs(const Run& run);
