@@ -124,10 +124,12 @@ Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::str
   const std::string bin = SelfDir();
   char host[256] = {};
   ::gethostname(host, sizeof(host) - 1);
-  auto agent_argv = [&](int i) {
+  auto agent_argv = [&](int i, int of) {
+    // Simulated nodes on one machine split its GPUs between them.
     return std::vector<std::string>{bin + "/cairn-agent", "--state-dir", dir, "--node-id",
                                     fmt::format("{}-a{}", host, i), "--cpus",
-                                    std::to_string(cpus_per_agent)};
+                                    std::to_string(cpus_per_agent), "--gpu-share",
+                                    fmt::format("{}/{}", i, std::max(of, 1))};
   };
   const std::vector<pid_t> old = ReadPids(pids_file);
   if (std::any_of(old.begin(), old.end(), [&](pid_t p) { return IsOurs(p, dir); })) {
@@ -145,7 +147,7 @@ Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::str
       cairnd.insert(cairnd.end(), cairnd_argv.begin(), cairnd_argv.end());
       auto pid = i == 0 ? Daemon(cairnd,
                                  io::JoinPath(dir, "cairnd.log"))
-                        : Daemon(agent_argv(static_cast<int>(i - 1)),
+                        : Daemon(agent_argv(static_cast<int>(i - 1), static_cast<int>(now.size() - 1)),
                                  io::JoinPath(dir, fmt::format("agent-{}.log", i - 1)));
       if (!pid) return std::unexpected(pid.error());
       now[i] = *pid;
@@ -199,7 +201,7 @@ Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::str
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   for (int i = 0; i < agents; ++i) {
-    auto pid = Daemon(agent_argv(i), io::JoinPath(dir, fmt::format("agent-{}.log", i)));
+    auto pid = Daemon(agent_argv(i, agents), io::JoinPath(dir, fmt::format("agent-{}.log", i)));
     if (!pid) return fail(pid.error());
     pids.push_back(*pid);
     if (auto r = record(); !r) return fail(r.error());

@@ -11,7 +11,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include <fmt/format.h>
@@ -502,6 +504,57 @@ TEST_F(ClusterTest, TheSameFailureTwiceIsNotRetriedForever) {
   EXPECT_NE(events.output.find("exited with code 3"), std::string::npos) << events.output;
   // (By the job's environment: a "sleep 30" elsewhere on the machine is not ours.)
   EXPECT_TRUE(JobProcesses(dir_.string(), id).empty());
+}
+
+// GPUs from the driver (label gpu; skips without one): each agent registers the GPUs NVML
+// reports (model, memory, UUID), the local cluster's simulated nodes split them, and a
+// job asking for a GPU per rank gets a concrete one in CUDA_VISIBLE_DEVICES and trains
+// on it with cuBLAS and NCCL.
+TEST_F(ClusterTest, GpuJobGetsARegisteredGpuAndTrainsOnIt) {
+  auto nodes = Cli({"nodes", "--json"});
+  ASSERT_EQ(nodes.exit_code, 0) << nodes.output;
+  auto n = nlohmann::json::parse(nodes.output, nullptr, false);
+  ASSERT_FALSE(n.is_discarded()) << nodes.output;
+  std::map<std::string, std::vector<std::string>> indices;  // node -> its GPUs' indices
+  std::size_t total = 0;
+  std::set<std::string> uuids;
+  for (const auto& node : n.value("nodes", nlohmann::json::array())) {
+    const auto& res = node.value("resources", nlohmann::json::object());
+    for (const auto& g : res.value("gpus", nlohmann::json::array())) {
+      ++total;
+      EXPECT_FALSE(g.value("model", std::string()).empty()) << g.dump();
+      EXPECT_TRUE(g.value("uuid", std::string()).starts_with("GPU-")) << g.dump();
+      EXPECT_TRUE(uuids.insert(g.value("uuid", std::string())).second)
+          << "one GPU registered by two simulated nodes: " << n.dump(1);
+      indices[node.value("node_id", std::string())].push_back(
+          std::to_string(g.value("index", 0)));
+    }
+  }
+  if (total == 0) GTEST_SKIP() << "no GPU registered (the driver reports none): " << nodes.output;
+  auto s = Cli({"submit", "--ranks", "1", "--gpus-per-rank", "1", "--name", "gpu",
+                "--max-restarts", "1", "--", "/bin/sh", "-c",
+                "echo \"visible=$CUDA_VISIBLE_DEVICES order=$CUDA_DEVICE_ORDER\"; exec "
+                "cairn-fmnist --device cuda --epochs 1 --steps 300 --ckpt-every 100 --key-file " +
+                    key_ + " --ckpt-dir " + (dir_ / "gpu").string()});
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  const std::string id = s.output.substr(0, s.output.find('\n'));
+  auto w = Cli({"wait", id, "--timeout", "300s"}, std::chrono::seconds(320));
+  EXPECT_EQ(w.exit_code, 0) << w.output;
+  auto logs = Cli({"logs", id});
+  EXPECT_NE(logs.output.find("training on CUDA device"), std::string::npos) << logs.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(logs.output, m, std::regex("visible=(\\d+) order=PCI_BUS_ID")))
+      << logs.output;
+  auto j = Job(id);
+  ASSERT_FALSE(j["runs"].empty()) << j.dump(1);
+  std::string node;
+  for (const auto& r : j["runs"].back().value("ranks", nlohmann::json::array())) {
+    node = r.value("node_id", std::string());
+  }
+  const auto& mine = indices[node];
+  EXPECT_NE(std::find(mine.begin(), mine.end(), m[1].str()), mine.end())
+      << "GPU " << m[1] << " is not one node " << node << " registered: " << n.dump(1);
+  EXPECT_NE(logs.output.find("weights_sha256="), std::string::npos) << logs.output;
 }
 
 }  // namespace

@@ -322,7 +322,17 @@ bool Agent::Start(LocalRun& run) {
     Set(e, "CAIRN_RANK", rank);
     Set(e, "LOCAL_RANK", std::to_string(i));
     Set(e, "CAIRN_LOCAL_RANK", std::to_string(i));
-    if (i < o.gpus_size() && !o.gpus(i).empty()) Set(e, "CUDA_VISIBLE_DEVICES", o.gpus(i));
+    if (i < o.gpus_size() && !o.gpus(i).empty()) {
+      auto devices = RankGpuList(o.gpus(i), config_.gpus);
+      if (!devices) {
+        return fail(Error(Code::kFailedPrecondition,
+                          fmt::format("rank {}: cairnd assigned GPUs '{}' but this node "
+                                      "registered {} GPUs",
+                                      rank, o.gpus(i), config_.gpus.size())));
+      }
+      Set(e, "CUDA_VISIBLE_DEVICES", *devices);
+      Set(e, "CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+    }
     std::vector<std::string> argv(o.spec().command().begin(), o.spec().command().end());
     ProcessSpec spec{argv, e, o.spec().workdir(), fmt::format("{}/rank-{}.log", logs, rank),
                      o.run_id()};

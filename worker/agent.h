@@ -6,7 +6,8 @@
 // LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT) plus CAIRN_RANK,
 // CAIRN_WORLD_SIZE, CAIRN_LOCAL_RANK, CAIRN_RUN_ID (the job id: stable across attempts),
 // CAIRN_JOB_ID, CAIRN_ATTEMPT, CAIRN_PROGRESS_SOCKET, CAIRN_EXPECTED_HEAD, CAIRN_CKPT_DIR
-// and CUDA_VISIBLE_DEVICES; in `mpi` mode the gang's first node runs mpirun over every
+// and CUDA_VISIBLE_DEVICES (the node's PCI-order indices of the GPUs cairnd assigned,
+// with CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA numbers them alike); in `mpi` mode the gang's first node runs mpirun over every
 // node of the gang, with cairn-rsh as its remote shell, so the Open MPI daemon of each
 // node is started by that node's agent (Exec orders) and supervised like a rank. A run
 // that leaves the orders, or is ordered to stop, is stopped as a whole process tree:
@@ -31,6 +32,7 @@
 
 #include "common/status.h"
 #include "proto/cairn.pb.h"
+#include "worker/gpus.h"
 #include "worker/supervisor.h"
 
 namespace cairn::worker {
@@ -40,6 +42,9 @@ struct AgentConfig {
   std::string state_dir;
   std::string rsh_path;       // cairn-rsh, mpirun's remote shell
   std::string progress_path;  // the Unix datagram socket ranks report to
+  // The GPUs this node registered, in registration order: cairnd assigns positions in
+  // this list, and a rank's CUDA_VISIBLE_DEVICES gets their concrete indices.
+  std::vector<GpuDevice> gpus;
 };
 
 class Agent {

@@ -3,8 +3,9 @@
 //
 //   cairn-agent --state-dir DIR [--node-id ID] [--address A] [--cpus N] [--gpus N]
 //
-// Registers (cores and memory detected, or declared; GPUs counted from /dev/nvidiaN, or
-// declared). Two threads talk to cairnd: the poller sends heartbeats that cairnd holds
+// Registers (cores and memory detected, or declared; GPUs with model, memory and UUID
+// from the driver through NVML, limited to the agent's own CUDA_VISIBLE_DEVICES when set,
+// else counted from /dev/nvidiaN, or declared). Two threads talk to cairnd: the poller sends heartbeats that cairnd holds
 // until the node's orders change (at most one heartbeat interval), so orders arrive at
 // once; the supervisor thread reaps processes, reads progress and, when a process exits,
 // reports at once on its own connection. When cairnd is gone or has forgotten the node
@@ -28,20 +29,12 @@
 #include "coordinator/client.h"
 #include "proto/cairn.pb.h"
 #include "worker/agent.h"
+#include "worker/gpus.h"
 
 namespace {
 
 std::atomic<bool> g_stop{false};
 extern "C" void OnStop(int) { g_stop.store(true); }
-
-int CountNvidiaDevices() {
-  int n = 0;
-  for (int i = 0; i < 64; ++i) {
-    std::error_code ec;
-    if (std::filesystem::exists("/dev/nvidia" + std::to_string(i), ec)) ++n;
-  }
-  return n;
-}
 
 std::string Hostname() {
   char buf[256] = {};
@@ -67,6 +60,7 @@ int main(int argc, char** argv) {
   bool check_config = false;
   std::string state_dir, node_id, address = "127.0.0.1";
   int cpus = 0, gpus = -1;
+  std::string gpu_share;
   app.add_flag("--check-config", check_config,
                "Validate the config, print the effective settings and detected resources, exit");
   app.add_option("--state-dir", state_dir, "Cluster state directory (default CAIRN_STATE_DIR or "
@@ -75,7 +69,11 @@ int main(int argc, char** argv) {
   app.add_option("--address", address, "Address ranks on this node are reachable at")
       ->capture_default_str();
   app.add_option("--cpus", cpus, "Declared CPUs (default: detected)");
-  app.add_option("--gpus", gpus, "Declared GPUs (default: /dev/nvidiaN devices)");
+  app.add_option("--gpus", gpus,
+                 "Declared GPUs (default: the driver's, through NVML; else /dev/nvidiaN)");
+  app.add_option("--gpu-share", gpu_share,
+                 "I/N: this agent is simulated node I of N on this machine and offers the "
+                 "I-th of N equal shares of its GPUs (cairn up --agents N)");
   CLI11_PARSE(app, argc, argv);
 
   auto config = LoadEffectiveConfig(flags);
@@ -87,11 +85,45 @@ int main(int argc, char** argv) {
           ? config->agent.memory_bytes
           : static_cast<unsigned long long>(::sysconf(_SC_PHYS_PAGES)) *
                 static_cast<unsigned long long>(::sysconf(_SC_PAGESIZE));
-  if (gpus < 0) gpus = CountNvidiaDevices();
   if (gpus > 64) return ReportError("cairn-agent", Error(Code::kInvalidArgument, "--gpus above 64"));
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  worker::GpuInventory inventory =
+      worker::DiscoverGpus(visible != nullptr ? std::optional<std::string>(visible) : std::nullopt);
+  if (!gpu_share.empty()) {
+    int part = -1, parts = 0;
+    char tail = 0;
+    if (std::sscanf(gpu_share.c_str(), "%d/%d%c", &part, &parts, &tail) != 2 || parts < 1 ||
+        parts > 64 || part < 0 || part >= parts) {
+      return ReportError("cairn-agent", Error(Code::kInvalidArgument,
+                                              fmt::format("--gpu-share '{}': expected I/N with "
+                                                          "0 <= I < N <= 64", gpu_share)));
+    }
+    inventory.devices = worker::ShareOf(inventory.devices, part, parts);
+  }
+  if (gpus >= 0) {
+    // Declared: the first N detected devices keep what the driver said of them; devices
+    // beyond those detected are taken on trust, numbered on.
+    inventory.devices.resize(std::min<std::size_t>(inventory.devices.size(), gpus));
+    for (auto i = static_cast<uint32_t>(inventory.devices.size()); i < static_cast<uint32_t>(gpus);
+         ++i) {
+      inventory.devices.push_back(worker::GpuDevice{
+          inventory.devices.empty() ? i : inventory.devices.back().index + 1, "", 0, ""});
+    }
+    inventory.source = "declared";
+  }
   if (check_config) {
     std::fputs(ConfigToYaml(*config).c_str(), stdout);
-    std::printf("# detected: cpus=%d memory_bytes=%llu gpus=%d\n", cpus, mem, gpus);
+    std::printf("# detected: cpus=%d memory_bytes=%llu gpus=%zu (source %s%s%s)\n", cpus, mem,
+                inventory.devices.size(), inventory.source.c_str(),
+                inventory.driver_version.empty() ? "" : ", driver ",
+                inventory.driver_version.c_str());
+    for (const auto& g : inventory.devices) {
+      std::printf("# gpu %u: %s, %llu MiB, %s\n", g.index,
+                  g.model.empty() ? "(model unknown)" : g.model.c_str(),
+                  static_cast<unsigned long long>(g.memory_bytes >> 20),
+                  g.uuid.empty() ? "(uuid unknown)" : g.uuid.c_str());
+    }
+    if (!inventory.note.empty()) std::printf("# gpu note: %s\n", inventory.note.c_str());
     return 0;
   }
   if (node_id.empty()) node_id = Hostname();
@@ -110,6 +142,7 @@ int main(int argc, char** argv) {
   ac.state_dir = state_dir;
   ac.rsh_path = (std::filesystem::path(self).parent_path() / "cairn-rsh").string();
   ac.progress_path = fmt::format("{}/agents/{}/progress.sock", state_dir, node_id);
+  ac.gpus = inventory.devices;
   auto agent_or = worker::Agent::Create(ac);
   if (!agent_or) return ReportError("cairn-agent", agent_or.error());
   worker::Agent& agent = **agent_or;
@@ -124,7 +157,13 @@ int main(int argc, char** argv) {
                           .count());
   reg.mutable_resources()->set_cpus(static_cast<uint32_t>(cpus));
   reg.mutable_resources()->set_memory_bytes(mem);
-  for (int i = 0; i < gpus; ++i) reg.mutable_resources()->add_gpus()->set_index(static_cast<uint32_t>(i));
+  for (const auto& g : inventory.devices) {
+    auto* info = reg.mutable_resources()->add_gpus();
+    info->set_index(g.index);
+    info->set_model(g.model);
+    info->set_memory_bytes(g.memory_bytes);
+    info->set_uuid(g.uuid);
+  }
 
   auto log = log::Logger("agent");
   using Clock = std::chrono::steady_clock;
@@ -178,8 +217,9 @@ int main(int argc, char** argv) {
         }
         registered = true;
         backoff = std::chrono::milliseconds(200);
-        log->info("node {} registered: {} CPUs, {} MiB, {} GPUs; heartbeat every {} ms",
-                  node_id, cpus, mem >> 20, gpus, interval.count());
+        log->info("node {} registered: {} CPUs, {} MiB, {} GPUs ({}); heartbeat every {} ms",
+                  node_id, cpus, mem >> 20, inventory.devices.size(), inventory.source,
+                  interval.count());
       }
       auto hb = agent.Report(static_cast<uint32_t>(interval.count()));
       auto r = client->Call("Heartbeat", hb.SerializeAsString(), interval * 3);
