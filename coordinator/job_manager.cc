@@ -1102,6 +1102,7 @@ void JobManager::AddLive(proto::JobStatus* js) const {
   if (auto p0 = run.progress.find(0); p0 != run.progress.end()) js->set_loss(p0->second.loss());
   for (auto& rs : *js->mutable_runs()) {
     if (rs.attempt() != run.attempt) continue;
+    rs.clear_nodes();
     for (const auto& n : run.nodes) rs.add_nodes(n);
     for (const auto& rp : run.placement.ranks) {
       auto* r = rs.add_ranks();

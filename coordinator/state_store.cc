@@ -2,6 +2,8 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
+
 
 namespace cairn::coord {
 namespace {
@@ -347,8 +349,8 @@ Result<proto::JobStatus> StateStore::GetJob(const std::string& job_id) {
   js.set_message(q.Text(7));
   CAIRN_ASSIGN_OR_RETURN(auto r, Prepare("SELECT attempt, state, started_ms, finished_ms, "
                                          "resumed_from_manifest, resumed_from_step, failure, "
-                                         "executor_id FROM runs WHERE job_id=?1 ORDER BY "
-                                         "attempt"));
+                                         "executor_id, placement FROM runs WHERE job_id=?1 "
+                                         "ORDER BY attempt"));
   r.Bind(1, job_id);
   for (;;) {
     CAIRN_ASSIGN_OR_RETURN(bool more, WithContext(r.Step(), path_));
@@ -363,6 +365,15 @@ Result<proto::JobStatus> StateStore::GetJob(const std::string& job_id) {
     run->set_resumed_from_step(static_cast<uint64_t>(r.Int(5)));
     run->set_failure(r.Text(6));
     run->set_executor_job_id(r.Text(7));
+    // Where the attempt ran: its gang's nodes in rank order (from the placement it began with).
+    proto::PlacementRecord placement;
+    if (placement.ParseFromString(r.Text(8))) {
+      for (const auto& rp : placement.ranks()) {
+        if (std::find(run->nodes().begin(), run->nodes().end(), rp.node_id()) == run->nodes().end()) {
+          run->add_nodes(rp.node_id());
+        }
+      }
+    }
     if (run->state() == proto::RUN_PREEMPTED) js.set_preemptions(js.preemptions() + 1);
   }
   return js;
