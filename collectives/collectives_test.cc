@@ -30,8 +30,8 @@ T Value(int rank, std::size_t i) {
 }
 
 template <typename T>
-void CheckAllReduce(std::size_t count) {
-  auto& c = *g_world;
+void CheckAllReduce(std::size_t count, MpiCommunicator* comm = nullptr) {
+  auto& c = comm != nullptr ? *comm : *g_world;
   std::vector<T> data(count);
   for (std::size_t i = 0; i < count; ++i) data[i] = Value<T>(c.rank(), i);
   ASSERT_TRUE(c.AllReduceSum(std::span<T>(data))) << "count " << count;
@@ -57,6 +57,22 @@ TEST(Collectives, AllReduceMatchesSerialReferenceAllTypesAndOddLengths) {
     CheckAllReduce<float>(n);
     CheckAllReduce<double>(n);
     CheckAllReduce<int64_t>(n);
+  }
+}
+
+// Every algorithm (small_bytes 0 forces the large-buffer ones even for one element; 2^30
+// the small-buffer ones for every size tested) gives the serial reference exactly.
+TEST(Collectives, AllReduceEveryAlgorithmMatchesSerialReference) {
+  auto dup = g_world->Duplicate();
+  ASSERT_TRUE(dup) << dup.error().ToString();
+  for (std::size_t small : {std::size_t{0}, std::size_t{1} << 30}) {
+    (*dup)->set_allreduce_tuning({small});
+    for (std::size_t n : {1u, 2u, 3u, 5u, 17u, 1023u, 4097u, 100003u}) {
+      SCOPED_TRACE(::testing::Message() << "small_bytes " << small << " count " << n);
+      CheckAllReduce<float>(n, dup->get());
+      CheckAllReduce<double>(n, dup->get());
+      CheckAllReduce<int64_t>(n, dup->get());
+    }
   }
 }
 

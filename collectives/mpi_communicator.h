@@ -67,6 +67,17 @@ class MpiCommunicator final : public Communicator {
   Status Barrier() override;
   using Communicator::AllReduceSum;
 
+  // Allreduce algorithm choice. small_bytes: up to this many bytes sent per rank
+  // ((p-1) x buffer), recursive doubling or the direct exchange; above it Rabenseifner or
+  // the ring. Results do not depend on it. World() reads it from
+  // CAIRN_ALLREDUCE_SMALL_BYTES when set (for tuning with bench/allreduce_bench.cc; every
+  // rank must see the same value); Duplicate() keeps it.
+  struct AllReduceTuning {
+    std::size_t small_bytes = 64 << 10;
+  };
+  void set_allreduce_tuning(AllReduceTuning t) { tuning_ = t; }
+  AllReduceTuning allreduce_tuning() const { return tuning_; }
+
   // Operations on more elements than this run in pieces (default 2^30, MPI's int
   // counts); tests lower it to exercise the splitting.
   void set_piece_elements(std::size_t n) {
@@ -88,6 +99,7 @@ class MpiCommunicator final : public Communicator {
   int size_;
   std::chrono::milliseconds timeout_;
   std::size_t piece_elements_ = std::size_t{1} << 30;
+  AllReduceTuning tuning_;
   std::unique_ptr<Error> poisoned_;
   std::unique_ptr<std::byte[]> scratch_;  // allreduce results land here first
   std::size_t scratch_size_ = 0;

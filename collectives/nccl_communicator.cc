@@ -56,7 +56,10 @@ struct NcclCommunicator::Impl {
 
   // Waits until the communicator has no operation being enqueued (non-blocking mode
   // returns ncclInProgress from calls that are still being set up).
-  Status WaitReady(std::string_view op, std::chrono::steady_clock::time_point deadline) {
+  // `op()` names the operation; it is called only to word an error, so the hot path
+  // formats nothing.
+  template <typename Op>
+  Status WaitReady(const Op& op, std::chrono::steady_clock::time_point deadline) {
     for (;;) {
       ncclResult_t state = ncclSuccess;
       ncclResult_t rc = ncclCommGetAsyncError(comm, &state);
@@ -64,35 +67,36 @@ struct NcclCommunicator::Impl {
       if (state == ncclSuccess) return OkStatus();
       if (state != ncclInProgress) {
         return Poison(Error(Code::kUnavailable,
-                            fmt::format("{}: NCCL error: {} ({})", op, ncclGetErrorString(state),
+                            fmt::format("{}: NCCL error: {} ({})", op(), ncclGetErrorString(state),
                                         ncclGetLastError(comm))));
       }
       if (timeout.count() > 0 && std::chrono::steady_clock::now() >= deadline) {
         return Poison(Error(Code::kDeadlineExceeded,
-                            fmt::format("{} did not start within {} ms", op, timeout.count())));
+                            fmt::format("{} did not start within {} ms", op(), timeout.count())));
       }
       sched_yield();
     }
   }
 
   // Completes everything enqueued on the stream, watching for NCCL errors and the deadline.
-  Status Complete(std::string_view op, std::chrono::steady_clock::time_point deadline) {
+  template <typename Op>
+  Status Complete(const Op& op, std::chrono::steady_clock::time_point deadline) {
     for (;;) {
       cudaError_t q = cudaStreamQuery(stream);
       if (q == cudaSuccess) return OkStatus();
-      if (q != cudaErrorNotReady) return Poison(CudaError(q, op).error());
+      if (q != cudaErrorNotReady) return Poison(CudaError(q, op()).error());
       ncclResult_t state = ncclSuccess;
       ncclResult_t rc = ncclCommGetAsyncError(comm, &state);
       if (rc != ncclSuccess) state = rc;
       if (state != ncclSuccess && state != ncclInProgress) {
         return Poison(Error(Code::kUnavailable,
-                            fmt::format("{}: NCCL error: {} ({})", op, ncclGetErrorString(state),
+                            fmt::format("{}: NCCL error: {} ({})", op(), ncclGetErrorString(state),
                                         ncclGetLastError(comm))));
       }
       if (timeout.count() > 0 && std::chrono::steady_clock::now() >= deadline) {
         return Poison(Error(
             Code::kDeadlineExceeded,
-            fmt::format("{} did not complete within {} ms (a peer is dead or stuck)", op,
+            fmt::format("{} did not complete within {} ms (a peer is dead or stuck)", op(),
                         timeout.count())));
       }
       sched_yield();
@@ -147,7 +151,8 @@ Result<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
   if (rc != ncclSuccess && rc != ncclInProgress) {
     return MakeError(Code::kUnavailable, "ncclCommInitRankConfig: {}", ncclGetErrorString(rc));
   }
-  CAIRN_RETURN_IF_ERROR(impl->WaitReady("ncclCommInitRankConfig", impl->Deadline()));
+  CAIRN_RETURN_IF_ERROR(
+      impl->WaitReady([] { return std::string("ncclCommInitRankConfig"); }, impl->Deadline()));
   return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(std::move(impl)));
 }
 
@@ -156,7 +161,7 @@ NcclCommunicator::NcclCommunicator(std::unique_ptr<Impl> impl) : impl_(std::move
 NcclCommunicator::~NcclCommunicator() {
   if (impl_->comm != nullptr) {
     ncclCommFinalize(impl_->comm);
-    (void)impl_->WaitReady("ncclCommFinalize", impl_->Deadline());
+    (void)impl_->WaitReady([] { return std::string("ncclCommFinalize"); }, impl_->Deadline());
     if (impl_->comm != nullptr) ncclCommDestroy(impl_->comm);
   }
   if (impl_->stream != nullptr) cudaStreamDestroy(impl_->stream);
@@ -180,8 +185,8 @@ Status NcclCommunicator::AllReduceSum(void* data, std::size_t count, DataType ty
     return impl_->Poison(
         Error(Code::kUnavailable, fmt::format("ncclAllReduce: {}", ncclGetErrorString(rc))));
   }
-  const std::string op = fmt::format("allreduce of {} {} elements", count, DataTypeName(type));
-  CAIRN_RETURN_IF_ERROR(impl_->WaitReady(op, deadline));
+  auto op = [&] { return fmt::format("allreduce of {} {} elements", count, DataTypeName(type)); };
+  if (rc == ncclInProgress) CAIRN_RETURN_IF_ERROR(impl_->WaitReady(op, deadline));
   return impl_->Complete(op, deadline);
 }
 
@@ -200,8 +205,8 @@ Status NcclCommunicator::Broadcast(void* data, std::size_t bytes, int root) {
     return impl_->Poison(
         Error(Code::kUnavailable, fmt::format("ncclBroadcast: {}", ncclGetErrorString(rc))));
   }
-  const std::string op = fmt::format("broadcast of {} bytes", bytes);
-  CAIRN_RETURN_IF_ERROR(impl_->WaitReady(op, deadline));
+  auto op = [&] { return fmt::format("broadcast of {} bytes", bytes); };
+  if (rc == ncclInProgress) CAIRN_RETURN_IF_ERROR(impl_->WaitReady(op, deadline));
   return impl_->Complete(op, deadline);
 }
 
@@ -213,7 +218,8 @@ Result<std::vector<std::string>> NcclCommunicator::AllGather(std::string_view mi
 Status NcclCommunicator::Barrier() {
   CAIRN_RETURN_IF_ERROR(impl_->CheckUsable());
   cudaSetDevice(impl_->device);
-  CAIRN_RETURN_IF_ERROR(impl_->Complete("barrier (drain stream)", impl_->Deadline()));
+  CAIRN_RETURN_IF_ERROR(
+      impl_->Complete([] { return std::string("barrier (drain stream)"); }, impl_->Deadline()));
   return impl_->host->Barrier();
 }
 
