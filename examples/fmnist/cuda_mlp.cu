@@ -119,6 +119,7 @@ struct Mlp {
   int capacity = 0;  // samples the activation buffers hold
   std::vector<float> host_loss;
   std::vector<int> host_hit;
+  std::vector<void*> pinned;  // host ranges page-locked by PinHost
 
   // Row-major C[M x N] = op(A) op(B) + beta C, through column-major cuBLAS (C^T = B^T A^T).
   std::string Gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda,
@@ -218,7 +219,15 @@ void Destroy(Mlp* m) {
   }
   if (m->blas != nullptr) cublasDestroy(m->blas);
   if (m->stream != nullptr) cudaStreamDestroy(m->stream);
+  for (void* p : m->pinned) cudaHostUnregister(p);
   delete m;
+}
+
+std::string PinHost(Mlp* m, void* ptr, std::size_t bytes) {
+  CAIRN_CUDA(cudaSetDevice(m->device));
+  CAIRN_CUDA(cudaHostRegister(ptr, bytes, cudaHostRegisterDefault));
+  m->pinned.push_back(ptr);
+  return {};
 }
 
 std::string Upload(Mlp* m, const float* params, const float* mom, const float* v) {

@@ -29,6 +29,12 @@ struct LayerOffsets {
 std::string Create(int device, const LayerOffsets& offsets, bool adam, Mlp** out);
 void Destroy(Mlp* mlp);
 
+// Page-locks host memory that Upload/Download copy to or from (so the copies run at the
+// bus's speed, without staging), until Destroy. The memory must outlive the handle and
+// stay where it is. Failing to pin (a memlock limit) is not an error for the caller to
+// stop on: copies then go through pageable memory, only slower.
+std::string PinHost(Mlp* mlp, void* ptr, std::size_t bytes);
+
 // Host <-> device copies of the parameters and optimizer moments (v unused by SGD).
 std::string Upload(Mlp* mlp, const float* params, const float* m, const float* v);
 std::string Download(Mlp* mlp, float* params, float* m, float* v);

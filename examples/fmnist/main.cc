@@ -600,6 +600,15 @@ Status Trainer::SetUpGpu() {
                                           &gpu_->mlp)));
   opt_state_.m.resize(L.total(), 0.0f);
   opt_state_.v.resize(L.total(), 0.0f);
+  // Checkpoints copy these back from the device while training waits: page-locked, the
+  // copy runs at the bus's speed. (Their sizes never change from here on.)
+  for (std::vector<float>* v : {&params_, &opt_state_.m, &opt_state_.v}) {
+    if (std::string e = cuda::PinHost(gpu_->mlp, v->data(), v->size() * sizeof(float));
+        !e.empty()) {
+      log::Logger("fmnist")->warn("checkpoint copies stay in pageable memory: {}", e);
+      break;
+    }
+  }
   CAIRN_RETURN_IF_ERROR(Cuda(cuda::Upload(gpu_->mlp, params_.data(), opt_state_.m.data(),
                                           opt_state_.v.data())));
   if (comm_->rank() == 0) {
