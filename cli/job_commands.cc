@@ -195,15 +195,26 @@ void PrintJobs(const std::vector<proto::JobStatus>& jobs) {
     for (const auto& r : j.runs()) {
       std::string nodes;
       for (const auto& n : r.nodes()) nodes += (nodes.empty() ? "" : ",") + n;
-      std::printf("  attempt %u  %-14s%s%s%s\n", r.attempt(),
+      std::printf("  attempt %u  %-14s%s%s%s%s\n", r.attempt(),
                   proto::RunState_Name(r.state()).substr(4).c_str(),
                   nodes.empty() ? "" : ("on " + nodes + "  ").c_str(),
+                  r.last_step() > 0 ? fmt::format("step {}  ", r.last_step()).c_str() : "",
                   r.resumed_from_step() > 0
                       ? fmt::format("resumed from step {}  ", r.resumed_from_step()).c_str()
                       : "",
                   r.failure().c_str());
     }
   }
+}
+
+// Local date and time of a unix time in milliseconds.
+std::string LocalTime(int64_t unix_ms) {
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
 }
 
 template <typename Fn>
@@ -330,7 +341,9 @@ void RegisterJobCommands(CLI::App& app, Context* ctx) {
     });
   });
 
-  auto* nodes = app.add_subcommand("nodes", "Show the cluster's nodes: resources, free, alive");
+  auto* nodes = app.add_subcommand("nodes",
+                                   "Show the cluster's nodes: resources, free, "
+                                   "alive/lost/quarantined (and until when)");
   state_dir(nodes);
   nodes->add_flag("--json", f->json, "Machine-readable output");
   nodes->callback([ctx, f] {
@@ -343,13 +356,22 @@ void RegisterJobCommands(CLI::App& app, Context* ctx) {
         std::printf("%s\n", ToJson(reply).c_str());
         return OkStatus();
       }
-      std::printf("%-20s %-6s %-16s %9s %9s %12s\n", "NODE", "STATE", "ADDRESS", "CPUS", "GPUS",
-                  "MEMORY_MIB");
+      std::printf("%-20s %-11s %-16s %9s %9s %12s  %s\n", "NODE", "STATE", "ADDRESS", "CPUS",
+                  "GPUS", "MEMORY_MIB", "QUARANTINED_UNTIL");
       for (const auto& n : reply.nodes()) {
-        std::printf("%-20s %-6s %-16s %4u/%-4u %4u/%-4d %12llu\n", n.node_id().c_str(),
-                    n.alive() ? "alive" : "lost", n.address().c_str(), n.cpus_free(),
-                    n.resources().cpus(), n.gpus_free(), n.resources().gpus_size(),
-                    static_cast<unsigned long long>(n.resources().memory_bytes() >> 20));
+        // A lost node is lost first; a quarantined one gets no new placements until the time
+        // shown, or (no time limit) until its agent registers again.
+        const char* state = !n.alive() ? "lost" : n.quarantined() ? "quarantined" : "alive";
+        std::string until = "-";
+        if (n.quarantined()) {
+          until = n.quarantined_until_unix_ms() == 0 ? "its agent restarts"
+                                                     : LocalTime(n.quarantined_until_unix_ms());
+        }
+        std::printf("%-20s %-11s %-16s %4u/%-4u %4u/%-4d %12llu  %s\n", n.node_id().c_str(), state,
+                    n.address().c_str(), n.cpus_free(), n.resources().cpus(), n.gpus_free(),
+                    n.resources().gpus_size(),
+                    static_cast<unsigned long long>(n.resources().memory_bytes() >> 20),
+                    until.c_str());
       }
       return OkStatus();
     });

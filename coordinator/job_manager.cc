@@ -63,6 +63,14 @@ uint32_t MasterPort(const std::string& run_id) {
   return 20000 + static_cast<uint32_t>(std::hash<std::string>{}(run_id) % 20000);
 }
 
+// A duration the way the flags take it: "10m", "90s", "1500ms".
+std::string DurationText(int64_t ms) {
+  if (ms % 3'600'000 == 0) return fmt::format("{}h", ms / 3'600'000);
+  if (ms % 60'000 == 0) return fmt::format("{}m", ms / 60'000);
+  if (ms % 1000 == 0) return fmt::format("{}s", ms / 1000);
+  return fmt::format("{}ms", ms);
+}
+
 std::string Describe(const proto::ProcessStatus& p, const std::string& node) {
   if (!p.how().empty()) return fmt::format("{} (pid {}) on {} {}", p.name(), p.pid(), node, p.how());
   if (p.signal() != 0) {
@@ -212,7 +220,7 @@ Status JobManager::Recover() {
       CAIRN_RETURN_IF_ERROR(store_->FinishRun(js.job_id(), last->attempt(), proto::RUN_FAILED,
                                               "lost in a coordinator restart: " +
                                                   restored.error().ToString(),
-                                              now));
+                                              /*last_step=*/0, now));
     }
     if (FinalJob(js.state())) continue;
     if (js.state() != proto::JOB_PENDING) {
@@ -674,7 +682,8 @@ Status JobManager::Finish(Run& run) {
   // Free its resources first: a preempted job is queued again below.
   scheduler_->Release(job_id);
   CAIRN_RETURN_IF_ERROR(store_->InTransaction([&]() -> Status {
-    CAIRN_RETURN_IF_ERROR(store_->FinishRun(job_id, run.attempt, run.outcome, run.failure, now));
+    CAIRN_RETURN_IF_ERROR(
+        store_->FinishRun(job_id, run.attempt, run.outcome, run.failure, StepOf(run), now));
     CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(job_id));
     switch (run.outcome) {
       case proto::RUN_SUCCEEDED:
@@ -738,14 +747,7 @@ Status JobManager::Finish(Run& run) {
     if (!run.blame_node.empty() &&
         ++node_failures_[run.blame_node] >= options_.quarantine_after &&
         !quarantined_.contains(run.blame_node)) {
-      quarantined_.insert(run.blame_node);
-      (void)scheduler_->SetSchedulable(run.blame_node, false);
-      (void)store_->SetNodeHealth(run.blame_node, true, node_failures_[run.blame_node]);
-      Event("", "node-quarantined",
-            fmt::format("{}: {} failed attempts in a row; no new placements until its agent "
-                        "registers again",
-                        run.blame_node, node_failures_[run.blame_node]));
-      Log()->warn("node {} quarantined", run.blame_node);
+      Quarantine(run.blame_node);
     }
   } else if (run.outcome == proto::RUN_SUCCEEDED) {
     last_failure_.erase(job_id);
@@ -963,8 +965,53 @@ void JobManager::OnNodeLost(const std::string& node_id) {
   }
 }
 
-void JobManager::RestoreQuarantine(const std::string& node_id, uint32_t failures) {
-  quarantined_.insert(node_id);
+void JobManager::Quarantine(const std::string& node_id) {
+  const int64_t now = clock_();
+  const int64_t until = options_.quarantine_ms > 0 ? now + options_.quarantine_ms : 0;
+  const uint32_t failures = node_failures_[node_id];
+  quarantined_[node_id] = until;
+  (void)scheduler_->SetSchedulable(node_id, false);
+  if (auto s = store_->SetNodeHealth(node_id, true, failures, until); !s) {
+    Log()->error("node {}: quarantine: {}", node_id, s.error().ToString());
+  }
+  Event("", "node-quarantined",
+        until > 0 ? fmt::format("{}: {} failed attempts in a row; no new placements for {} "
+                                "(or until its agent registers again)",
+                                node_id, failures, DurationText(options_.quarantine_ms))
+                  : fmt::format("{}: {} failed attempts in a row; no new placements until its "
+                                "agent registers again",
+                                node_id, failures));
+  Log()->warn("node {} quarantined after {} failed attempts in a row{}", node_id, failures,
+              until > 0 ? " for " + DurationText(options_.quarantine_ms) : std::string());
+}
+
+void JobManager::ReleaseQuarantines(int64_t now) {
+  for (auto it = quarantined_.begin(); it != quarantined_.end();) {
+    const auto [node_id, until] = *it;
+    if (until == 0 || until > now) {
+      ++it;
+      continue;
+    }
+    it = quarantined_.erase(it);
+    node_failures_.erase(node_id);
+    if (auto s = store_->SetNodeHealth(node_id, false, 0, 0); !s) {
+      Log()->error("node {}: release from quarantine: {}", node_id, s.error().ToString());
+    }
+    // A node that is not heartbeating now becomes schedulable when it is back.
+    (void)scheduler_->SetSchedulable(node_id, node_view_(node_id).heartbeating);
+    Event("", "node-released", node_id + ": quarantine over, back in service");
+    Log()->info("node {}: quarantine over, back in service", node_id);
+  }
+}
+
+int64_t JobManager::QuarantinedUntil(const std::string& node_id) const {
+  auto it = quarantined_.find(node_id);
+  return it == quarantined_.end() ? 0 : it->second;
+}
+
+void JobManager::RestoreQuarantine(const std::string& node_id, uint32_t failures,
+                                   int64_t until_ms) {
+  quarantined_[node_id] = until_ms;
   node_failures_[node_id] = failures;
   (void)scheduler_->SetSchedulable(node_id, false);
 }
@@ -972,8 +1019,9 @@ void JobManager::RestoreQuarantine(const std::string& node_id, uint32_t failures
 void JobManager::OnNodeRegistered(const std::string& node_id) {
   node_failures_.erase(node_id);
   if (quarantined_.erase(node_id) > 0) {
-    (void)store_->SetNodeHealth(node_id, false, 0);
+    (void)store_->SetNodeHealth(node_id, false, 0, 0);
     Event("", "node-released", node_id + ": registered again, out of quarantine");
+    Log()->info("node {}: registered again, out of quarantine", node_id);
   }
 }
 
@@ -1085,6 +1133,7 @@ void JobManager::Tick() {
     }
   }
   if (slurm_ != nullptr && now - slurm_polled_ms_ >= options_.slurm_poll_ms) PollSlurm();
+  ReleaseQuarantines(now);
   Schedule();
 }
 
@@ -1102,6 +1151,7 @@ void JobManager::AddLive(proto::JobStatus* js) const {
   if (auto p0 = run.progress.find(0); p0 != run.progress.end()) js->set_loss(p0->second.loss());
   for (auto& rs : *js->mutable_runs()) {
     if (rs.attempt() != run.attempt) continue;
+    rs.set_last_step(StepOf(run));
     rs.clear_nodes();
     for (const auto& n : run.nodes) rs.add_nodes(n);
     for (const auto& rp : run.placement.ranks) {

@@ -14,7 +14,9 @@
 // failure at the same step as the one before it: that is the job's own bug and the job
 // FAILS rather than looping. A node on which attempts failed `quarantine_after` times in
 // a row for reasons that point at the node (lost, could not launch, hung), without a
-// success between, is quarantined: no new placements until its agent registers again.
+// success between, is quarantined: no new placements for `quarantine_ms` (0: no limit)
+// or until its agent registers again, whichever comes first; then its failure count starts
+// over. The quarantine's end is stored, so a coordinator restart keeps the time left.
 // A process exiting non-zero or killed is the job's failure, not the node's. Each attempt is handed the checkpoint head the job reported last
 // (CAIRN_EXPECTED_HEAD), so a rolled-back checkpoint directory is refused.
 //
@@ -55,6 +57,8 @@ struct JobManagerOptions {
   int64_t restart_backoff_ms = 1000;   // before the 2nd restart; doubles after each
   int64_t max_backoff_ms = 60'000;
   uint32_t quarantine_after = 3;       // failed attempts in a row on one node
+  int64_t quarantine_ms = 600'000;     // how long a quarantine lasts (0: until the agent
+                                       // registers again)
   std::string state_dir;               // slurm executor: batch scripts and output under it
   int64_t slurm_poll_ms = 1000;        // how often SLURM is asked about its jobs
 };
@@ -63,7 +67,8 @@ struct JobManagerOptions {
 struct NodeView {
   std::string address;
   std::string hostname;
-  bool alive = false;
+  bool alive = false;         // not known to be lost (after a coordinator restart: not yet)
+  bool heartbeating = false;  // heartbeats now: may take new placements
 };
 
 JobRequest RequestOf(const std::string& job_id, const proto::JobSpec& spec);
@@ -119,18 +124,21 @@ class JobManager {
   // A node registered afresh: it leaves quarantine.
   void OnNodeRegistered(const std::string& node_id);
   bool Quarantined(const std::string& node_id) const { return quarantined_.contains(node_id); }
+  // When the node's quarantine ends (unix ms; 0: not quarantined, or no time limit).
+  int64_t QuarantinedUntil(const std::string& node_id) const;
   // cairn-rsh: start `command` on `node` for a live run.
   Status Exec(const proto::ExecRequest& request);
 
   uint64_t OrdersVersion(const std::string& node_id) const;
   proto::HeartbeatReply OrdersFor(const std::string& node_id) const;
 
-  // Backoff expiry, hang detection, placement.
+  // Backoff expiry, hang detection, quarantines that are over, placement.
   void Tick();
   // Places what fits now (after a submit, a node joining, a run ending).
   void Schedule();
-  // A node quarantined before a coordinator restart.
-  void RestoreQuarantine(const std::string& node_id, uint32_t failures);
+  // A node quarantined before a coordinator restart, until `until_ms` (0: no time limit);
+  // one whose time ran out meanwhile is released by the next Tick.
+  void RestoreQuarantine(const std::string& node_id, uint32_t failures, int64_t until_ms);
   // Adds what only memory knows (progress, ranks, next attempt) to a stored status.
   void AddLive(proto::JobStatus* status) const;
 
@@ -198,6 +206,8 @@ class JobManager {
   void Changed(const Run& run);
   uint64_t StepOf(const Run& run) const;
   int64_t Backoff(uint32_t restarts) const;
+  void Quarantine(const std::string& node_id);
+  void ReleaseQuarantines(int64_t now);
   void Event(const std::string& job_id, const std::string& kind, const std::string& message);
 
   StateStore* store_;
@@ -218,7 +228,7 @@ class JobManager {
   std::map<std::string, std::string> last_failure_;  // job -> signature of its last failure
   std::map<std::string, uint64_t> node_version_;
   std::map<std::string, uint32_t> node_failures_;
-  std::set<std::string> quarantined_;
+  std::map<std::string, int64_t> quarantined_;  // node -> when it ends (0: no time limit)
   uint64_t version_seq_ = 0;
 };
 

@@ -33,6 +33,7 @@ class JobManagerTest : public ::testing::Test {
     store_ = std::move(*s);
     ServiceOptions o;
     o.node_timeout_ms = 5000;
+    o.jobs.quarantine_ms = quarantine_ms_;
     service_ = std::make_unique<Service>(store_.get(), "t", [this] { return now_; }, o);
     ASSERT_TRUE(service_->Recover());
   }
@@ -110,11 +111,47 @@ class JobManagerTest : public ::testing::Test {
     g.set_job_id(id);
     return Call<proto::JobStatus>("GetJob", g);
   }
+  proto::NodeInfo Node(const std::string& node) {
+    auto reply = Call<proto::ListNodesReply>("ListNodes", proto::ListNodesRequest());
+    for (const auto& n : reply.nodes()) {
+      if (n.node_id() == node) return n;
+    }
+    ADD_FAILURE() << "no node " << node;
+    return {};
+  }
+  // Cluster events (node-quarantined, node-released, ...) of this kind.
+  std::vector<std::string> NodeEvents(const std::string& kind) {
+    auto reply = Call<proto::GetEventsReply>("GetEvents", proto::GetEventsRequest());
+    std::vector<std::string> out;
+    for (const auto& e : reply.events()) {
+      if (e.kind() == kind) out.push_back(e.message());
+    }
+    return out;
+  }
+  // The next `count` attempts placed on `node` cannot launch there (each with another
+  // error, so the job keeps restarting); between them the restart backoff passes.
+  void FailLaunches(const std::string& node, int count) {
+    for (int i = 0; i < count; ++i) {
+      if (i > 0) {
+        now_ += 10'000;  // past the restart backoff (2 s at most here)
+        Beat(node);
+        service_->Tick();
+      }
+      auto orders = Beat(node);
+      ASSERT_EQ(orders.runs_size(), 1) << "attempt " << i + 1;
+      proto::RunReport r;
+      r.set_run_id(orders.runs(0).run_id());
+      r.set_launch_error("exec failed #" + std::to_string(++launch_failures_));
+      Beat(node, {r});
+    }
+  }
 
   std::filesystem::path dir_;
   std::unique_ptr<StateStore> store_;
   std::unique_ptr<Service> service_;
   int64_t now_ = 1'000'000;
+  int64_t quarantine_ms_ = 10 * 60'000;
+  int launch_failures_ = 0;
   uint64_t id_ = 0;
   std::map<std::string, uint64_t> seq_;
   proto::Envelope last_;
@@ -419,6 +456,143 @@ TEST_F(JobManagerTest, LongPollHoldsOnlyWhileTheOrdersAreUnchanged) {
   EXPECT_EQ(service_->HoldMs(e), 1000);
   e.set_auth_token("wrong");
   EXPECT_EQ(service_->HoldMs(e), 0);  // never hold an unauthenticated request
+}
+
+TEST_F(JobManagerTest, FinishedAttemptsKeepTheirLastStep) {
+  Register("n1", 2);
+  const std::string id = Submit(1);
+  // Attempt 1 reaches step 41 and fails.
+  auto o = Beat("n1").runs(0);
+  Beat("n1", {Report(o, true, 0, 0, 41)});
+  Beat("n1", {Report(o, false, 1, 0, 41)});
+  // Attempt 2 reports step 15 (live), then succeeds at step 20.
+  o = Beat("n1").runs(0);
+  ASSERT_EQ(o.attempt(), 2u);
+  Beat("n1", {Report(o, true, 0, 0, 15)});
+  auto js = Job(id);
+  ASSERT_EQ(js.runs_size(), 2);
+  EXPECT_EQ(js.runs(0).last_step(), 41u);
+  EXPECT_EQ(js.runs(1).last_step(), 15u);  // the live attempt's progress
+  EXPECT_EQ(js.step(), 15u);
+  Beat("n1", {Report(o, false, 0, 0, 20)});
+  js = Job(id);
+  EXPECT_EQ(js.state(), proto::JOB_SUCCEEDED) << js.message();
+  EXPECT_EQ(js.step(), 20u);
+  EXPECT_EQ(js.runs(0).last_step(), 41u);
+  EXPECT_EQ(js.runs(1).last_step(), 20u);
+  // Stored: a restarted coordinator (nothing of the job in memory) says the same.
+  Open();
+  js = Job(id);
+  EXPECT_EQ(js.step(), 20u);
+  EXPECT_EQ(js.runs(0).last_step(), 41u);
+  EXPECT_EQ(js.runs(1).last_step(), 20u);
+  auto list = Call<proto::ListJobsReply>("ListJobs", [] {
+    proto::ListJobsRequest r;
+    r.set_include_finished(true);
+    return r;
+  }());
+  ASSERT_EQ(list.jobs_size(), 1);
+  EXPECT_EQ(list.jobs(0).step(), 20u);
+}
+
+TEST_F(JobManagerTest, QuarantineEndsAfterTheQuarantineTime) {
+  Register("n1", 2);
+  const std::string id = Submit(1, 10);
+  FailLaunches("n1", 3);
+  const int64_t until = now_ + 10 * 60'000;
+  auto n = Node("n1");
+  EXPECT_TRUE(n.quarantined());
+  EXPECT_EQ(n.quarantined_until_unix_ms(), until);
+  ASSERT_EQ(NodeEvents("node-quarantined").size(), 1u);
+  EXPECT_NE(NodeEvents("node-quarantined")[0].find("for 10m"), std::string::npos)
+      << NodeEvents("node-quarantined")[0];
+  // The job waits: its only node takes no new placements until the quarantine ends.
+  now_ = until - 1;
+  Beat("n1");
+  service_->Tick();
+  EXPECT_EQ(Beat("n1").runs_size(), 0);
+  EXPECT_TRUE(Node("n1").quarantined());
+  EXPECT_EQ(Job(id).runs_size(), 3);
+  now_ = until;
+  Beat("n1");
+  service_->Tick();
+  n = Node("n1");
+  EXPECT_FALSE(n.quarantined());
+  EXPECT_EQ(n.quarantined_until_unix_ms(), 0);
+  auto released = NodeEvents("node-released");
+  ASSERT_EQ(released.size(), 1u);
+  EXPECT_NE(released[0].find("n1: quarantine over"), std::string::npos) << released[0];
+  auto orders = Beat("n1");
+  ASSERT_EQ(orders.runs_size(), 1);  // back in service: the job is placed again
+  EXPECT_EQ(orders.runs(0).attempt(), 4u);
+  // Its failure count started over: one more failure does not quarantine it again.
+  proto::RunReport r;
+  r.set_run_id(orders.runs(0).run_id());
+  r.set_launch_error("exec failed #4");
+  Beat("n1", {r});
+  EXPECT_FALSE(Node("n1").quarantined());
+  EXPECT_EQ(NodeEvents("node-quarantined").size(), 1u);
+  now_ += 10'000;  // past the backoff: the next attempt goes to n1 again
+  Beat("n1");
+  service_->Tick();
+  orders = Beat("n1");
+  ASSERT_EQ(orders.runs_size(), 1);
+  EXPECT_EQ(orders.runs(0).attempt(), 5u);
+}
+
+TEST_F(JobManagerTest, RestartedCoordinatorKeepsTheQuarantineAndItsEnd) {
+  Register("n1", 2);
+  const std::string id = Submit(1, 10);
+  FailLaunches("n1", 3);
+  const int64_t until = now_ + 10 * 60'000;
+  ASSERT_TRUE(Node("n1").quarantined());
+  now_ += 5 * 60'000;
+  Open();  // kill -9 and restart halfway through the quarantine
+  Beat("n1");
+  service_->Tick();
+  auto n = Node("n1");
+  EXPECT_TRUE(n.quarantined());
+  EXPECT_EQ(n.quarantined_until_unix_ms(), until);
+  EXPECT_EQ(Beat("n1").runs_size(), 0);
+  now_ = until - 1;
+  Beat("n1");
+  service_->Tick();
+  EXPECT_TRUE(Node("n1").quarantined());
+  EXPECT_EQ(Beat("n1").runs_size(), 0);
+  now_ = until;
+  Beat("n1");
+  service_->Tick();
+  EXPECT_FALSE(Node("n1").quarantined());
+  EXPECT_EQ(NodeEvents("node-released").size(), 1u);
+  ASSERT_EQ(Beat("n1").runs_size(), 1);
+  EXPECT_EQ(Job(id).runs_size(), 4);
+  // Released for good: another restart does not bring the quarantine back.
+  Open();
+  Beat("n1");
+  service_->Tick();
+  EXPECT_FALSE(Node("n1").quarantined());
+}
+
+TEST_F(JobManagerTest, QuarantineTimeZeroLastsUntilTheAgentRegistersAgain) {
+  quarantine_ms_ = 0;
+  Open();
+  Register("n1", 2);
+  Submit(1, 10);
+  FailLaunches("n1", 3);
+  auto n = Node("n1");
+  EXPECT_TRUE(n.quarantined());
+  EXPECT_EQ(n.quarantined_until_unix_ms(), 0);
+  now_ += 24 * 3'600'000;  // a day later
+  Beat("n1");
+  service_->Tick();
+  EXPECT_TRUE(Node("n1").quarantined());
+  EXPECT_EQ(Beat("n1").runs_size(), 0);
+  Register("n1", 2, /*incarnation=*/2);  // a new agent process
+  EXPECT_FALSE(Node("n1").quarantined());
+  auto released = NodeEvents("node-released");
+  ASSERT_EQ(released.size(), 1u);
+  EXPECT_NE(released[0].find("registered again"), std::string::npos) << released[0];
+  EXPECT_EQ(Beat("n1").runs_size(), 1);
 }
 
 }  // namespace

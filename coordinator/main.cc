@@ -1,6 +1,6 @@
 // cairnd: the cairn coordinator.
 //
-//   cairnd --state-dir DIR [--listen HOST:PORT]
+//   cairnd --state-dir DIR [--listen HOST:PORT] [--node-timeout 5s] [--quarantine-time 10m]
 //
 // Creates DIR (0700) if needed, takes its lock (one cairnd per state directory), creates
 // the cluster token (0600) on first start, opens the state database, listens (port 0: any
@@ -148,6 +148,11 @@ int main(int argc, char** argv) {
   std::string node_timeout = "5s";
   app.add_option("--node-timeout", node_timeout, "A node without heartbeats this long is lost")
       ->capture_default_str();
+  std::string quarantine_time = "10m";
+  app.add_option("--quarantine-time", quarantine_time,
+                 "How long a node with repeated failures gets no new placements (0: until its "
+                 "agent registers again)")
+      ->capture_default_str();
   bool slurm = false;
   app.add_flag("--slurm", slurm,
                "Run jobs submitted with --executor slurm as SLURM batch jobs (sbatch, squeue, "
@@ -164,8 +169,13 @@ int main(int argc, char** argv) {
   if (!timeout) {
     return cairn::ReportError("cairnd", timeout.error().With("--node-timeout"));
   }
+  auto quarantine = cairn::yaml::ParseDuration(quarantine_time);
+  if (!quarantine) {
+    return cairn::ReportError("cairnd", quarantine.error().With("--quarantine-time"));
+  }
   cairn::coord::ServiceOptions options;
   options.node_timeout_ms = timeout->count();
+  options.jobs.quarantine_ms = quarantine->count();
   auto rc = cairn::coord::Run(cairn::coord::DefaultStateDir(state_dir), listen, options, slurm);
   if (!rc) return cairn::ReportError("cairnd", rc.error());
   return *rc;

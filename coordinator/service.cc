@@ -88,6 +88,7 @@ Service::Service(StateStore* store, std::string cluster_token, Clock clock,
                 v.address = it->second.registration.address();
                 v.hostname = it->second.registration.hostname();
                 v.alive = it->second.alive || !it->second.lost;
+                v.heartbeating = it->second.alive;
               }
               return v;
             },
@@ -126,7 +127,7 @@ void Service::LoadNodes() {
     if (scheduler_.AddNode(CapacityOf(n.id, n.resources))) {
       (void)scheduler_.SetSchedulable(n.id, false);
     }
-    if (n.quarantined) jobs_.RestoreQuarantine(n.id, n.failures);
+    if (n.quarantined) jobs_.RestoreQuarantine(n.id, n.failures, n.quarantined_until_ms);
   }
 }
 
@@ -233,6 +234,7 @@ Result<std::string> Service::ListNodes() {
     info->set_last_seen_unix_ms(n.last_seen_ms);
     info->set_agent_version(n.registration.agent_version());
     info->set_quarantined(jobs_.Quarantined(id));
+    info->set_quarantined_until_unix_ms(jobs_.QuarantinedUntil(id));
     if (auto u = usage.find(id); u != usage.end()) {
       info->set_cpus_free(static_cast<uint32_t>(u->second.cpus_free));
       info->set_gpus_free(static_cast<uint32_t>(u->second.gpus_free));

@@ -25,7 +25,9 @@
 // Tick() (unschedulable, its runs fail over, event logged) and comes back with its next
 // heartbeat or registration. After a coordinator restart known nodes get node_timeout
 // to reconnect before they count as lost. Once the cluster has nodes, a job that could
-// never fit on them is rejected at submit, naming the unmet need.
+// never fit on them is rejected at submit, naming the unmet need. A node the job manager
+// quarantined gets no new placements until its quarantine ends (ListNodes says when) or
+// its agent registers again as a new process.
 //
 // Job state machine (owned here; runs and ranks follow with the agents):
 //

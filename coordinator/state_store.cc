@@ -170,7 +170,8 @@ Status StateStore::Migrate() {
   }
   // Version 2: provenance (records per attempt, submitted code, attestations, what each
   // attempt actually resumed from).
-  return InTransaction([&]() -> Status {
+  if (version < 2) {
+    CAIRN_RETURN_IF_ERROR(InTransaction([&]() -> Status {
     return Exec(R"sql(
       CREATE TABLE provenance(
         job_id TEXT NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL,
@@ -188,6 +189,16 @@ Status StateStore::Migrate() {
       ALTER TABLE runs ADD COLUMN resumed_loaded TEXT NOT NULL DEFAULT '';
       ALTER TABLE runs ADD COLUMN executor_id TEXT NOT NULL DEFAULT '';
       PRAGMA user_version = 2;
+    )sql");
+    }));
+  }
+  // Version 3: each attempt's last reported step; when a node's quarantine ends (a node
+  // quarantined under version 2 keeps the quarantine it was given: no time limit).
+  return InTransaction([&]() -> Status {
+    return Exec(R"sql(
+      ALTER TABLE runs ADD COLUMN last_step INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE nodes ADD COLUMN quarantined_until_ms INTEGER NOT NULL DEFAULT 0;
+      PRAGMA user_version = 3;
     )sql");
   });
 }
@@ -349,8 +360,8 @@ Result<proto::JobStatus> StateStore::GetJob(const std::string& job_id) {
   js.set_message(q.Text(7));
   CAIRN_ASSIGN_OR_RETURN(auto r, Prepare("SELECT attempt, state, started_ms, finished_ms, "
                                          "resumed_from_manifest, resumed_from_step, failure, "
-                                         "executor_id, placement FROM runs WHERE job_id=?1 "
-                                         "ORDER BY attempt"));
+                                         "executor_id, placement, last_step FROM runs WHERE "
+                                         "job_id=?1 ORDER BY attempt"));
   r.Bind(1, job_id);
   for (;;) {
     CAIRN_ASSIGN_OR_RETURN(bool more, WithContext(r.Step(), path_));
@@ -365,6 +376,7 @@ Result<proto::JobStatus> StateStore::GetJob(const std::string& job_id) {
     run->set_resumed_from_step(static_cast<uint64_t>(r.Int(5)));
     run->set_failure(r.Text(6));
     run->set_executor_job_id(r.Text(7));
+    run->set_last_step(static_cast<uint64_t>(r.Int(9)));
     // Where the attempt ran: its gang's nodes in rank order (from the placement it began with).
     proto::PlacementRecord placement;
     if (placement.ParseFromString(r.Text(8))) {
@@ -376,6 +388,8 @@ Result<proto::JobStatus> StateStore::GetJob(const std::string& job_id) {
     }
     if (run->state() == proto::RUN_PREEMPTED) js.set_preemptions(js.preemptions() + 1);
   }
+  // Where the job got to; the job manager puts a live attempt's progress over it.
+  if (js.runs_size() > 0) js.set_step(js.runs(js.runs_size() - 1).last_step());
   return js;
 }
 
@@ -421,11 +435,11 @@ Result<uint32_t> StateStore::BeginRun(const std::string& job_id, const std::stri
 }
 
 Status StateStore::FinishRun(const std::string& job_id, uint32_t attempt, proto::RunState state,
-                             const std::string& failure, int64_t now_ms) {
-  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("UPDATE runs SET state=?3, failure=?4, finished_ms=?5 "
-                                         "WHERE job_id=?1 AND attempt=?2"));
+                             const std::string& failure, uint64_t last_step, int64_t now_ms) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("UPDATE runs SET state=?3, failure=?4, finished_ms=?5, "
+                                         "last_step=?6 WHERE job_id=?1 AND attempt=?2"));
   q.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt)).Bind(3, static_cast<int64_t>(state));
-  q.Bind(4, failure).Bind(5, now_ms);
+  q.Bind(4, failure).Bind(5, now_ms).Bind(6, static_cast<int64_t>(last_step));
   CAIRN_RETURN_IF_ERROR(WithContext(q.Run(), path_));
   return ExpectChanged(db_, fmt::format("run {} of job {}", attempt, job_id));
 }
@@ -449,12 +463,13 @@ Result<std::string> StateStore::RunPlacement(const std::string& job_id, uint32_t
 
 Status StateStore::UpsertNode(const NodeRecord& n) {
   CAIRN_ASSIGN_OR_RETURN(auto q, Prepare(
-      "INSERT INTO nodes(id, resources, address, last_seen_ms, quarantined, failures) "
-      "VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO UPDATE SET resources=excluded.resources, "
-      "address=excluded.address, last_seen_ms=excluded.last_seen_ms"));
+      "INSERT INTO nodes(id, resources, address, last_seen_ms, quarantined, failures, "
+      "quarantined_until_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO UPDATE SET "
+      "resources=excluded.resources, address=excluded.address, "
+      "last_seen_ms=excluded.last_seen_ms"));
   q.Bind(1, n.id).BindBlob(2, n.resources.SerializeAsString()).Bind(3, n.address);
   q.Bind(4, n.last_seen_ms).Bind(5, int64_t{n.quarantined ? 1 : 0});
-  q.Bind(6, static_cast<int64_t>(n.failures));
+  q.Bind(6, static_cast<int64_t>(n.failures)).Bind(7, n.quarantined ? n.quarantined_until_ms : 0);
   return WithContext(q.Run(), path_ + ": upsert node " + n.id);
 }
 
@@ -465,16 +480,20 @@ Status StateStore::TouchNode(const std::string& id, int64_t now_ms) {
   return ExpectChanged(db_, "node " + id);
 }
 
-Status StateStore::SetNodeHealth(const std::string& id, bool quarantined, uint32_t failures) {
-  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("UPDATE nodes SET quarantined=?2, failures=?3 WHERE id=?1"));
+Status StateStore::SetNodeHealth(const std::string& id, bool quarantined, uint32_t failures,
+                                 int64_t quarantined_until_ms) {
+  CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("UPDATE nodes SET quarantined=?2, failures=?3, "
+                                         "quarantined_until_ms=?4 WHERE id=?1"));
   q.Bind(1, id).Bind(2, int64_t{quarantined ? 1 : 0}).Bind(3, static_cast<int64_t>(failures));
+  q.Bind(4, quarantined ? quarantined_until_ms : int64_t{0});
   CAIRN_RETURN_IF_ERROR(WithContext(q.Run(), path_));
   return ExpectChanged(db_, "node " + id);
 }
 
 Result<std::vector<NodeRecord>> StateStore::ListNodes() {
   CAIRN_ASSIGN_OR_RETURN(auto q, Prepare("SELECT id, resources, address, last_seen_ms, "
-                                         "quarantined, failures FROM nodes ORDER BY id"));
+                                         "quarantined, failures, quarantined_until_ms FROM "
+                                         "nodes ORDER BY id"));
   std::vector<NodeRecord> out;
   for (;;) {
     CAIRN_ASSIGN_OR_RETURN(bool row, WithContext(q.Step(), path_));
@@ -488,6 +507,7 @@ Result<std::vector<NodeRecord>> StateStore::ListNodes() {
     n.last_seen_ms = q.Int(3);
     n.quarantined = q.Int(4) != 0;
     n.failures = static_cast<uint32_t>(q.Int(5));
+    n.quarantined_until_ms = q.Int(6);
     out.push_back(std::move(n));
   }
   return out;

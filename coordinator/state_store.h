@@ -37,6 +37,7 @@ struct NodeRecord {
   int64_t last_seen_ms = 0;
   bool quarantined = false;
   uint32_t failures = 0;
+  int64_t quarantined_until_ms = 0;  // quarantined: when it ends (0: no time limit)
 };
 
 struct EventRecord {
@@ -68,7 +69,7 @@ struct AttestationRow {
 
 class StateStore {
  public:
-  static constexpr int kSchemaVersion = 2;  // 1 -> 2 migrates in place
+  static constexpr int kSchemaVersion = 3;  // 1 -> 2 -> 3 migrate in place
 
   static Result<std::unique_ptr<StateStore>> Open(const std::string& path);
   ~StateStore();
@@ -115,8 +116,10 @@ class StateStore {
   Result<uint32_t> BeginRun(const std::string& job_id, const std::string& placement,
                             const std::string& resumed_from_manifest, uint64_t resumed_from_step,
                             int64_t now_ms);
+  // The attempt's outcome, with the newest step its ranks reported (0: none known);
+  // GetJob returns it as RunStatus.last_step, and as the job's step while no attempt is live.
   Status FinishRun(const std::string& job_id, uint32_t attempt, proto::RunState state,
-                   const std::string& failure, int64_t now_ms);
+                   const std::string& failure, uint64_t last_step, int64_t now_ms);
   Result<std::string> RunPlacement(const std::string& job_id, uint32_t attempt);
   Status SetRunState(const std::string& job_id, uint32_t attempt, proto::RunState state);
   // The executor's id of the attempt (SLURM job id).
@@ -125,7 +128,10 @@ class StateStore {
   // Nodes.
   Status UpsertNode(const NodeRecord& node);
   Status TouchNode(const std::string& id, int64_t now_ms);
-  Status SetNodeHealth(const std::string& id, bool quarantined, uint32_t failures);
+  // quarantined_until_ms: when a quarantine ends (0: no time limit; ignored when not
+  // quarantined).
+  Status SetNodeHealth(const std::string& id, bool quarantined, uint32_t failures,
+                       int64_t quarantined_until_ms);
   Result<std::vector<NodeRecord>> ListNodes();
 
   // Events (append-only log per job; job_id may be empty for cluster events).

@@ -56,7 +56,7 @@ TEST_F(StateStoreTest, DurabilitySettings) {
     return v;
   };
   EXPECT_EQ(pragma("PRAGMA journal_mode"), "wal");
-  EXPECT_EQ(pragma("PRAGMA user_version"), "2");
+  EXPECT_EQ(pragma("PRAGMA user_version"), "3");
   sqlite3_close(db);
 }
 
@@ -74,7 +74,7 @@ TEST_F(StateStoreTest, JobsRunsEventsAndNodesRoundTrip) {
   auto a1 = s->BeginRun(*id, "placement-1", "", 0, 1100);
   ASSERT_TRUE(a1);
   EXPECT_EQ(*a1, 1u);
-  ASSERT_TRUE(s->FinishRun(*id, 1, proto::RUN_FAILED, "rank 2 exited 137", 1200));
+  ASSERT_TRUE(s->FinishRun(*id, 1, proto::RUN_FAILED, "rank 2 exited 137", 437, 1200));
   ASSERT_TRUE(s->AddRestart(*id));
   ASSERT_TRUE(s->SetCheckpointHead(*id, 400, "ab12"));
   auto a2 = s->BeginRun(*id, "placement-2", "ab12", 400, 1300);
@@ -93,8 +93,15 @@ TEST_F(StateStoreTest, JobsRunsEventsAndNodesRoundTrip) {
   ASSERT_EQ(js->runs_size(), 2);
   EXPECT_EQ(js->runs(0).state(), proto::RUN_FAILED);
   EXPECT_EQ(js->runs(0).failure(), "rank 2 exited 137");
+  EXPECT_EQ(js->runs(0).last_step(), 437u);
   EXPECT_EQ(js->runs(1).resumed_from_manifest(), "ab12");
   EXPECT_EQ(js->runs(1).resumed_from_step(), 400u);
+  EXPECT_EQ(js->runs(1).last_step(), 0u);  // still running: nothing stored yet
+  EXPECT_EQ(js->step(), 0u);               // the last attempt's
+  ASSERT_TRUE(s->FinishRun(*id, 2, proto::RUN_SUCCEEDED, "", 900, 1400));
+  EXPECT_EQ(s->GetJob(*id)->runs(1).last_step(), 900u);
+  EXPECT_EQ(s->GetJob(*id)->step(), 900u);
+  EXPECT_EQ(s->GetJob(*id2)->step(), 0u);  // no attempt
   auto ev = s->Events(*id);
   ASSERT_TRUE(ev);
   ASSERT_EQ(ev->size(), 2u);
@@ -111,13 +118,23 @@ TEST_F(StateStoreTest, JobsRunsEventsAndNodesRoundTrip) {
   n.last_seen_ms = 5;
   ASSERT_TRUE(s->UpsertNode(n));
   ASSERT_TRUE(s->TouchNode("node-a", 9));
-  ASSERT_TRUE(s->SetNodeHealth("node-a", true, 3));
+  ASSERT_TRUE(s->SetNodeHealth("node-a", true, 3, 600'009));
   auto nodes = s->ListNodes();
   ASSERT_TRUE(nodes);
   ASSERT_EQ(nodes->size(), 1u);
   EXPECT_EQ((*nodes)[0].resources.cpus(), 8u);
   EXPECT_EQ((*nodes)[0].last_seen_ms, 9);
   EXPECT_TRUE((*nodes)[0].quarantined);
+  EXPECT_EQ((*nodes)[0].failures, 3u);
+  EXPECT_EQ((*nodes)[0].quarantined_until_ms, 600'009);
+  // A registration again keeps the node's health; a release clears the end too.
+  ASSERT_TRUE(s->UpsertNode(n));
+  EXPECT_EQ((*s->ListNodes())[0].quarantined_until_ms, 600'009);
+  ASSERT_TRUE(s->SetNodeHealth("node-a", false, 0, 600'009));
+  nodes = s->ListNodes();
+  EXPECT_FALSE((*nodes)[0].quarantined);
+  EXPECT_EQ((*nodes)[0].failures, 0u);
+  EXPECT_EQ((*nodes)[0].quarantined_until_ms, 0);
 
   EXPECT_EQ(s->GetJob("job-999999").error().code(), Code::kNotFound);
   EXPECT_EQ(s->SetJobState("nope", proto::JOB_FAILED, "", 1).error().code(), Code::kNotFound);
@@ -276,6 +293,8 @@ TEST_F(StateStoreTest, VersionOneDatabaseIsMigrated) {
                          "DROP TABLE provenance; DROP TABLE job_code; DROP TABLE attestations; "
                          "DROP TABLE job_links; ALTER TABLE runs DROP COLUMN resumed_loaded; "
                          "ALTER TABLE runs DROP COLUMN executor_id; "
+                         "ALTER TABLE runs DROP COLUMN last_step; "
+                         "ALTER TABLE nodes DROP COLUMN quarantined_until_ms; "
                          "PRAGMA user_version = 1;",
                          nullptr, nullptr, nullptr),
             SQLITE_OK)
@@ -289,6 +308,73 @@ TEST_F(StateStoreTest, VersionOneDatabaseIsMigrated) {
   ASSERT_TRUE(p) << p.error().ToString();
   ASSERT_EQ(p->size(), 1u);
   EXPECT_EQ((*p)[0].digest_hex, "ab");
+}
+
+// A version-2 database (before last steps and quarantine ends) is migrated in place:
+// its jobs, runs and quarantined nodes stay, the new columns start at 0 and then work.
+TEST_F(StateStoreTest, VersionTwoDatabaseIsMigrated) {
+  {
+    auto s = OpenOrDie();
+    ASSERT_TRUE(s);
+    ASSERT_TRUE(s->CreateJob(Spec("old"), 1));
+    ASSERT_TRUE(s->BeginRun("job-000001", "placement-1", "cd34", 200, 2));
+    ASSERT_TRUE(s->FinishRun("job-000001", 1, proto::RUN_FAILED, "node n1 lost", 0, 3));
+    ASSERT_TRUE(s->BeginRun("job-000001", "placement-2", "cd34", 200, 4));
+    ASSERT_TRUE(s->SaveProvenance("job-000001", 2, "ef", "record"));
+    NodeRecord n;
+    n.id = "n1";
+    n.resources.set_cpus(2);
+    n.address = "198.18.0.1";
+    n.last_seen_ms = 5;
+    ASSERT_TRUE(s->UpsertNode(n));
+    ASSERT_TRUE(s->SetNodeHealth("n1", true, 3, 0));
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "ALTER TABLE runs DROP COLUMN last_step; "
+                         "ALTER TABLE nodes DROP COLUMN quarantined_until_ms; "
+                         "PRAGMA user_version = 2;",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  auto s = OpenOrDie();
+  ASSERT_TRUE(s);
+  auto js = s->GetJob("job-000001");
+  ASSERT_TRUE(js) << js.error().ToString();
+  EXPECT_EQ(js->spec().name(), "old");
+  ASSERT_EQ(js->runs_size(), 2);
+  EXPECT_EQ(js->runs(0).state(), proto::RUN_FAILED);
+  EXPECT_EQ(js->runs(0).failure(), "node n1 lost");
+  EXPECT_EQ(js->runs(0).last_step(), 0u);
+  EXPECT_EQ(js->runs(1).resumed_from_manifest(), "cd34");
+  EXPECT_EQ(*s->RunPlacement("job-000001", 2), "placement-2");
+  EXPECT_EQ(s->Provenance("job-000001")->size(), 1u);
+  auto nodes = s->ListNodes();
+  ASSERT_TRUE(nodes) << nodes.error().ToString();
+  ASSERT_EQ(nodes->size(), 1u);
+  EXPECT_TRUE((*nodes)[0].quarantined);  // as it was: without a time limit
+  EXPECT_EQ((*nodes)[0].failures, 3u);
+  EXPECT_EQ((*nodes)[0].quarantined_until_ms, 0);
+  // The new columns work, and survive another open.
+  ASSERT_TRUE(s->FinishRun("job-000001", 2, proto::RUN_SUCCEEDED, "", 1234, 6));
+  ASSERT_TRUE(s->SetNodeHealth("n1", true, 3, 7000));
+  s.reset();
+  s = OpenOrDie();
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->GetJob("job-000001")->runs(1).last_step(), 1234u);
+  EXPECT_EQ(s->GetJob("job-000001")->step(), 1234u);
+  EXPECT_EQ((*s->ListNodes())[0].quarantined_until_ms, 7000);
+  db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 3);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
 }
 
 TEST_F(StateStoreTest, ProvenanceAttestationsAndLinksRoundTrip) {
