@@ -98,6 +98,11 @@ extern "C" void OnChild(int) {
 
 Result<std::unique_ptr<Agent>> Agent::Create(AgentConfig config) {
   CAIRN_ASSIGN_OR_RETURN(auto sup, Supervisor::Create());
+  if (sup->cgroup_dir().empty()) {
+    Log()->info("runs are tracked through /proc only (no cgroups: {})", sup->cgroup_note());
+  } else {
+    Log()->info("each run gets a cgroup under {}", sup->cgroup_dir());
+  }
   std::error_code ec;
   fs::create_directories(fs::path(config.progress_path).parent_path(), ec);
   fs::remove(config.progress_path, ec);

@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -49,12 +51,13 @@ int AboveStdio(int fd) {
 bool IsAlive(char state) { return state != 'Z' && state != 'X' && state != 'x'; }
 
 // Stages of the child's setup, reported through the exec-error pipe.
-enum Stage : int { kStageIo = 1, kStageChdir = 2, kStageExec = 3 };
+enum Stage : int { kStageIo = 1, kStageChdir = 2, kStageExec = 3, kStageCgroup = 4 };
 
 struct ChildArgs {
   std::vector<char*> argv, envp;        // null-terminated
   std::vector<std::string> candidates;  // paths to try, in PATH order
   const char* workdir = nullptr;
+  const char* cgroup_procs = nullptr;   // the group's cgroup.procs, joined before exec
   int in = -1, out = -1, err_pipe = -1;
   pid_t parent = 0;
 };
@@ -66,8 +69,25 @@ struct ChildArgs {
 }
 
 // Runs in the forked child: async-signal-safe calls only (no allocation).
+// Writes the calling process's pid into a cgroup.procs file (async-signal-safe).
+bool JoinCgroup(const char* procs) {
+  char digits[24];
+  int n = 0;
+  for (pid_t pid = ::getpid(); pid > 0 && n < 23; pid /= 10) digits[n++] = static_cast<char>('0' + pid % 10);
+  char text[24];
+  for (int i = 0; i < n; ++i) text[i] = digits[n - 1 - i];
+  int fd = ::open(procs, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = ::write(fd, text, static_cast<size_t>(n)) == n;
+  ::close(fd);
+  return ok;
+}
+
 [[noreturn]] void RunChild(const ChildArgs& a) {
   ::setsid();
+  if (a.cgroup_procs != nullptr && !JoinCgroup(a.cgroup_procs)) {
+    ChildFail(a.err_pipe, kStageCgroup, errno);
+  }
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != a.parent) ::_exit(127);
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
@@ -93,13 +113,151 @@ struct ChildArgs {
   ChildFail(a.err_pipe, kStageExec, denied && (err == ENOENT || err == ENOTDIR) ? EACCES : err);
 }
 
+std::optional<std::string> ReadSmall(const std::string& path) {
+  Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (f.fd < 0) return std::nullopt;
+  std::string out;
+  char buf[4096];
+  for (int i = 0; i < 256; ++i) {  // at most 1 MiB
+    ssize_t n = ::read(f.fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+bool WriteSmall(const std::string& path, std::string_view text) {
+  Fd f(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  return f.fd >= 0 && ::write(f.fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+}
+
+std::vector<pid_t> CgroupProcs(const std::string& dir) {
+  std::vector<pid_t> out;
+  auto text = ReadSmall(dir + "/cgroup.procs");
+  if (!text) return out;
+  std::size_t at = 0;
+  while (at < text->size()) {
+    std::size_t nl = text->find('\n', at);
+    if (nl == std::string::npos) nl = text->size();
+    if (nl > at) out.push_back(static_cast<pid_t>(std::atoi(text->c_str() + at)));
+    at = nl + 1;
+  }
+  return out;
+}
+
+bool CgroupPopulated(const std::string& dir) {
+  auto events = ReadSmall(dir + "/cgroup.events");
+  return events && events->find("populated 1") != std::string::npos;
+}
+
+// Kills everything in a cgroup and its children, then removes them (bounded: 2 s).
+void DestroyCgroupTree(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    if (e.is_directory(ec)) DestroyCgroupTree(e.path().string());
+  }
+  WriteSmall(dir + "/cgroup.kill", "1");
+  for (int i = 0; i < 200 && CgroupPopulated(dir); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::rmdir(dir.c_str());
+}
+
+// A group label as a cgroup directory name.
+std::string CgroupName(const std::string& group) {
+  std::string out = group;
+  for (char& c : out) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_') c = '_';
+  }
+  return out.empty() || out[0] == '.' ? "g" + out : out;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Supervisor>> Supervisor::Create() {
   if (::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) {
     return ErrnoError(errno, "prctl(PR_SET_CHILD_SUBREAPER)");
   }
-  return std::unique_ptr<Supervisor>(new Supervisor());
+  std::unique_ptr<Supervisor> s(new Supervisor());
+  s->SetUpCgroups();
+  return s;
+}
+
+void Supervisor::SetUpCgroups() {
+  // The cgroup2 mount (pure v2: /sys/fs/cgroup; hybrid: /sys/fs/cgroup/unified).
+  std::string mount;
+  if (auto info = ReadSmall("/proc/self/mountinfo")) {
+    std::size_t at = 0;
+    while (at < info->size() && mount.empty()) {
+      std::size_t nl = info->find('\n', at);
+      if (nl == std::string::npos) nl = info->size();
+      const std::string line = info->substr(at, nl - at);
+      at = nl + 1;
+      const std::size_t dash = line.find(" - cgroup2 ");
+      if (dash == std::string::npos) continue;
+      // Fields: id parent major:minor root mount-point ...
+      std::size_t f = 0, field = 0;
+      while (field < 4 && f != std::string::npos) {
+        f = line.find(' ', f + 1);
+        ++field;
+      }
+      if (f == std::string::npos) continue;
+      const std::size_t end = line.find(' ', f + 1);
+      mount = line.substr(f + 1, end - f - 1);
+    }
+  }
+  if (mount.empty()) {
+    cgroup_note_ = "no cgroup2 file system is mounted";
+    return;
+  }
+  std::string own;
+  if (auto self = ReadSmall("/proc/self/cgroup")) {
+    const std::size_t p = self->find("0::");
+    if (p != std::string::npos && (p == 0 || (*self)[p - 1] == '\n')) {
+      own = self->substr(p + 3, self->find('\n', p) - p - 3);
+    }
+  }
+  const std::string base = own.empty() || own == "/" ? mount : mount + own;
+  // Cgroups of supervisors that are gone (an agent that crashed): kill what is left in
+  // them and remove them.
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(base, ec)) {
+    const std::string name = e.path().filename().string();
+    int pid = 0;
+    unsigned long long start = 0;
+    if (std::sscanf(name.c_str(), "cairn-%d-%llu", &pid, &start) != 2) continue;
+    auto proc = ReadProc(pid);
+    if (proc && proc->start == start) continue;  // its supervisor is alive
+    DestroyCgroupTree(e.path().string());
+  }
+  auto me = ReadProc(::getpid());
+  const std::string dir = fmt::format("{}/cairn-{}-{}", base, ::getpid(), me ? me->start : 0);
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    cgroup_note_ = fmt::format("cannot create a cgroup under {}: {}", base, std::strerror(errno));
+    return;
+  }
+  cgroup_dir_ = dir;
+}
+
+std::string Supervisor::GroupCgroup(const std::string& group, bool create) {
+  if (cgroup_dir_.empty()) return {};
+  const std::string dir = cgroup_dir_ + "/" + CgroupName(group);
+  if (cgroups_.contains(group)) return dir;
+  if (!create) return {};
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return {};
+  cgroups_.insert(group);
+  return dir;
+}
+
+void Supervisor::KillCgroup(const std::string& group) {
+  const std::string dir = GroupCgroup(group, false);
+  if (!dir.empty()) WriteSmall(dir + "/cgroup.kill", "1");
+}
+
+void Supervisor::RemoveCgroupIfEmpty(const std::string& group) {
+  const std::string dir = GroupCgroup(group, false);
+  if (!dir.empty() && ::rmdir(dir.c_str()) == 0) cgroups_.erase(group);
 }
 
 std::optional<Supervisor::Proc> Supervisor::ReadProc(pid_t pid) {
@@ -128,6 +286,8 @@ std::optional<Supervisor::Proc> Supervisor::ReadProc(pid_t pid) {
 Supervisor::~Supervisor() {
   for (const std::string& g : Groups()) (void)Kill(g, std::chrono::seconds(2));
   ReapChildren();
+  for (const std::string& g : std::set<std::string>(cgroups_)) RemoveCgroupIfEmpty(g);
+  if (!cgroup_dir_.empty()) ::rmdir(cgroup_dir_.c_str());
 }
 
 Result<pid_t> Supervisor::Spawn(const ProcessSpec& spec) {
@@ -178,6 +338,9 @@ Result<pid_t> Supervisor::Spawn(const ProcessSpec& spec) {
     a.candidates.push_back(prog);
   }
   if (!spec.workdir.empty()) a.workdir = spec.workdir.c_str();
+  const std::string cgroup = GroupCgroup(spec.group, true);
+  const std::string cgroup_procs = cgroup.empty() ? std::string() : cgroup + "/cgroup.procs";
+  if (!cgroup_procs.empty()) a.cgroup_procs = cgroup_procs.c_str();
   a.in = devnull.fd;
   a.out = log.fd >= 0 ? log.fd : devnull.fd;
   a.err_pipe = pipe_w.fd;
@@ -201,9 +364,10 @@ Result<pid_t> Supervisor::Spawn(const ProcessSpec& spec) {
   if (n == static_cast<ssize_t>(sizeof msg)) {  // the child failed before or at exec
     while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
     }
-    std::string what = msg[0] == kStageChdir ? fmt::format("chdir {}", spec.workdir)
-                       : msg[0] == kStageIo  ? std::string("redirect stdio")
-                                             : std::string("exec");
+    std::string what = msg[0] == kStageChdir  ? fmt::format("chdir {}", spec.workdir)
+                       : msg[0] == kStageIo     ? std::string("redirect stdio")
+                       : msg[0] == kStageCgroup ? fmt::format("join cgroup {}", cgroup)
+                                                : std::string("exec");
     std::string where = searched && msg[0] == kStageExec ? fmt::format(" (PATH={})", path_var) : "";
     return std::unexpected(
         Error(CodeFromErrno(msg[1]),
@@ -234,9 +398,15 @@ void Supervisor::ReapChildren() {
 
 std::vector<ExitInfo> Supervisor::Reap() {
   ReapChildren();
-  if (!tracked_.empty() || !sessions_.empty()) {
+  if (!tracked_.empty() || !sessions_.empty() || !cgroups_.empty()) {
     Table table;
     Scan(table);
+  }
+  // The cgroups of groups with nothing left go (rmdir fails while one is populated).
+  for (const std::string& g : std::set<std::string>(cgroups_)) {
+    bool tracked = false;
+    for (const auto& [pid, t] : tracked_) tracked = tracked || t.group == g;
+    if (!tracked) RemoveCgroupIfEmpty(g);
   }
   return std::exchange(exits_, {});
 }
@@ -272,6 +442,12 @@ std::unordered_map<pid_t, std::string> Supervisor::Scan(Table& table) {
   }
   for (const auto& [pid, t] : tracked_) {
     if (table.contains(pid)) todo.emplace_back(pid, &t.group);
+  }
+  // Everything in a group's cgroup is the group's, however it got away from its parents.
+  for (const std::string& g : cgroups_) {
+    for (pid_t pid : CgroupProcs(cgroup_dir_ + "/" + CgroupName(g))) {
+      if (table.contains(pid)) todo.emplace_back(pid, &g);
+    }
   }
   std::unordered_map<pid_t, std::string> members;
   while (!todo.empty()) {  // descendants of members are members
@@ -327,9 +503,11 @@ Status Supervisor::Kill(const std::string& group, std::chrono::milliseconds with
   const auto deadline = Clock::now() + within;
   for (;;) {
     ReapChildren();
+    KillCgroup(group);
     std::vector<pid_t> alive = Collect(group, SIGKILL);
     if (alive.empty()) {
       ReapChildren();
+      RemoveCgroupIfEmpty(group);
       return OkStatus();
     }
     if (Clock::now() >= deadline) {

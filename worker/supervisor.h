@@ -10,10 +10,17 @@
 // the thread that spawned them dies. Exec failures come back from Spawn as errors naming
 // the program and the system error, not as exit codes.
 //
-// Limits: a descendant that both leaves the leader's session (setsid) and loses its
-// parent before any Reap/Members/Terminate/Kill/Stop/Alive/Groups call has seen it
-// cannot be attributed to a group (it is still reaped when it exits); call Reap
-// regularly. The Supervisor reaps every child of the process (waitpid(-1)): do not mix
+// Where cgroup v2 is mounted and the agent may create cgroups below its own (root, or a
+// delegated subtree), each group also gets a cgroup of its own
+// (<agent's cgroup>/cairn-<pid>-<start>/<group>), which every process of the group joins
+// before it executes and cannot leave: membership then includes everything in it, Kill
+// uses cgroup.kill as well, and the cgroup is removed once empty. Cgroups left behind by
+// an agent that died are killed and removed by the next Supervisor created below the same
+// cgroup. Without cgroups (cgroup_dir() empty, cgroup_note() says why) the /proc tracking
+// alone applies, with this limit: a descendant that both leaves the leader's session
+// (setsid) and loses its parent before any Reap/Members/Terminate/Kill/Stop/Alive/Groups
+// call has seen it cannot be attributed to a group (it is still reaped when it exits);
+// call Reap regularly. The Supervisor reaps every child of the process (waitpid(-1)): do not mix
 // it with other code that waits for children. Create at most one per process.
 //
 // Threading: not thread-safe; owned by one thread, which must outlive the processes it
@@ -26,6 +33,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -82,6 +90,11 @@ class Supervisor {
   // Groups with a member alive or a spawned process not yet reaped, sorted.
   std::vector<std::string> Groups();
 
+  // This supervisor's cgroup directory (its groups' cgroups are below it), or empty.
+  const std::string& cgroup_dir() const { return cgroup_dir_; }
+  // Why there is none (empty when there is one).
+  const std::string& cgroup_note() const { return cgroup_note_; }
+
  private:
   struct Proc {  // fields of /proc/<pid>/stat
     char state = '?';
@@ -97,6 +110,12 @@ class Supervisor {
 
   Supervisor() = default;
   static std::optional<Proc> ReadProc(pid_t pid);
+  void SetUpCgroups();
+  // The group's cgroup directory, created on first use (empty without cgroups).
+  std::string GroupCgroup(const std::string& group, bool create);
+  // cgroup.kill of the group's cgroup, and removal once it is empty.
+  void KillCgroup(const std::string& group);
+  void RemoveCgroupIfEmpty(const std::string& group);
   void ReapChildren();
   // One pass over /proc: fills `table`, updates tracked_/sessions_, returns pid -> group
   // of every member (zombies included).
@@ -107,6 +126,9 @@ class Supervisor {
   std::unordered_map<pid_t, Tracked> tracked_;       // leaders and known descendants
   std::unordered_map<pid_t, std::string> sessions_;  // session id (leader pid) -> group
   std::vector<ExitInfo> exits_;                      // not yet returned by Reap
+  std::string cgroup_dir_;
+  std::string cgroup_note_;
+  std::set<std::string> cgroups_;  // groups whose cgroup exists
 };
 
 }  // namespace cairn::worker

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -351,6 +352,81 @@ TEST_F(SupervisorTest, StoppingOneGroupLeavesTheOther) {
 TEST_F(SupervisorTest, KillReportsNothingLeftForAnUnknownGroup) {
   EXPECT_TRUE(sup_->Kill("nobody", 0ms).has_value());
   EXPECT_THAT(sup_->Members("nobody"), IsEmpty());
+}
+
+// The process's command line, NULs as spaces ("" when gone).
+std::string CmdlineOf(pid_t pid) {
+  std::ifstream f(fmt::format("/proc/{}/cmdline", pid));
+  std::string s{std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+  std::replace(s.begin(), s.end(), '\0', ' ');
+  return s;
+}
+
+// A process that leaves the session and loses its parent before any scan can see it:
+// the /proc tracking alone cannot attribute it (the limit the header names), its cgroup
+// can.
+TEST_F(SupervisorTest, AnOrphanThatLeftTheSessionUnseenIsKilledThroughTheGroupsCgroup) {
+  if (sup_->cgroup_dir().empty()) GTEST_SKIP() << "no cgroups here: " << sup_->cgroup_note();
+  const std::string marker = fmt::format("{}", 3000 + ::getpid() % 997);
+  pid_t pid = MustSpawn(Sh("setsid -f sleep " + marker + "; exit 0", "g"));
+  ASSERT_TRUE(WaitExit(pid).has_value());
+  pid_t escaped = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    for (pid_t p : sup_->Members("g")) {
+      if (CmdlineOf(p) == "sleep " + marker + " ") escaped = p;
+    }
+    return escaped != 0;
+  })) << "the setsid'd sleep is not a member";
+  auto s = ReadStat(escaped);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->sid, escaped);  // its own session: not the leader's
+  EXPECT_TRUE(fs::exists(sup_->cgroup_dir() + "/g"));
+  std::vector<Watch> watched;
+  watched.emplace_back(escaped);
+  KillAndCheck("g", watched);
+  EXPECT_FALSE(fs::exists(sup_->cgroup_dir() + "/g")) << "the group's cgroup is left behind";
+}
+
+// A group whose processes all exited loses its cgroup at the next Reap.
+TEST_F(SupervisorTest, AGroupsCgroupGoesWhenItsProcessesHaveExited) {
+  if (sup_->cgroup_dir().empty()) GTEST_SKIP() << "no cgroups here: " << sup_->cgroup_note();
+  pid_t pid = MustSpawn(Sh("exit 0", "short"));
+  ASSERT_TRUE(WaitExit(pid).has_value());
+  EXPECT_TRUE(WaitFor([&] {
+    sup_->Reap();
+    return !fs::exists(sup_->cgroup_dir() + "/short");
+  }));
+}
+
+// The cgroup of a supervisor that died (an agent killed with SIGKILL) is found by the
+// next one: what is still running in it is killed, and the cgroup removed.
+TEST_F(SupervisorTest, CgroupsOfADeadSupervisorAreKilledAndRemoved) {
+  if (sup_->cgroup_dir().empty()) GTEST_SKIP() << "no cgroups here: " << sup_->cgroup_note();
+  const fs::path base = fs::path(sup_->cgroup_dir()).parent_path();
+  sup_.reset();  // one supervisor per process: the next one below takes over
+  // pid 1's start time is never 1 tick after boot for a live init: a dead supervisor.
+  const fs::path stale = base / fmt::format("cairn-{}-1", ::getpid());
+  fs::create_directories(stale / "job.1");
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::execl("/bin/sleep", "sleep", "60", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ASSERT_GT(child, 0);
+  Watch w(child);
+  {
+    std::ofstream procs(stale / "job.1" / "cgroup.procs");
+    procs << child;
+  }
+  auto next = Supervisor::Create();
+  ASSERT_TRUE(next.has_value()) << next.error().ToString();
+  EXPECT_TRUE(WaitFor([&] { return w.Dead(); })) << "pid " << child << " survived";
+  EXPECT_FALSE(fs::exists(stale)) << stale;
+  EXPECT_TRUE(fs::exists((*next)->cgroup_dir()));
+  const std::string next_dir = (*next)->cgroup_dir();
+  next->reset();
+  EXPECT_FALSE(fs::exists(next_dir)) << "a supervisor's own cgroup stays after it is gone";
+  ::waitpid(child, nullptr, 0);
 }
 
 }  // namespace
