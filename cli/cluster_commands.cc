@@ -22,6 +22,7 @@
 
 #include "cli/commands.h"
 #include "common/io.h"
+#include "common/yaml.h"
 #include "coordinator/client.h"
 #include "proto/cairn.pb.h"
 
@@ -115,8 +116,20 @@ Status Down(const std::string& dir) {
 }
 
 Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::string& node_timeout,
-          bool slurm) {
+          const std::string& quarantine_time, bool slurm) {
   std::vector<std::string> cairnd_argv = {"--state-dir", dir, "--node-timeout", node_timeout};
+  for (const auto& [flag, value] : {std::pair<std::string, std::string>{"--node-timeout", node_timeout},
+                                    {"--quarantine-time", quarantine_time}}) {
+    if (value.empty()) continue;
+    if (auto d = yaml::ParseDuration(value); !d) {
+      Error e = std::move(d).error();
+      e.With(flag);
+      return std::unexpected(std::move(e));
+    }
+  }
+  if (!quarantine_time.empty()) {
+    cairnd_argv.insert(cairnd_argv.end(), {"--quarantine-time", quarantine_time});
+  }
   if (slurm) cairnd_argv.push_back("--slurm");
   if (agents < 0 || agents > 64) return MakeError(Code::kInvalidArgument, "--agents must be 0..64");
   CAIRN_RETURN_IF_ERROR(io::CreateDirs(io::DefaultFileSystem(), dir, 0700));
@@ -237,6 +250,7 @@ void RegisterClusterCommands(CLI::App& app, Context* ctx) {
     int agents = 1;
     int cpus = 0;
     std::string node_timeout = "5s";
+    std::string quarantine_time;
     bool slurm = false;
   };
   auto f = std::make_shared<Flags>();
@@ -246,13 +260,16 @@ void RegisterClusterCommands(CLI::App& app, Context* ctx) {
   up->add_option("--cpus-per-agent", f->cpus, "CPUs each agent declares (default: all cores)");
   up->add_option("--node-timeout", f->node_timeout, "Heartbeat timeout of a node")
       ->capture_default_str();
+  up->add_option("--quarantine-time", f->quarantine_time,
+                 "How long a node on which attempts failed repeatedly stays out of service "
+                 "(default: cairnd's, 10m; 0 = until its agent restarts)");
   up->add_flag("--slurm", f->slurm,
                "cairnd also runs jobs submitted with --executor slurm, through the SLURM "
                "cluster SLURM_CONF names");
   up->callback([ctx, f] {
     const int cpus = f->cpus > 0 ? f->cpus : static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
     if (auto s = Up(coord::DefaultStateDir(f->state_dir), f->agents, cpus, f->node_timeout,
-                    f->slurm);
+                    f->quarantine_time, f->slurm);
         !s) {
       ctx->exit_code = ReportError("cairn", s.error());
     }

@@ -40,6 +40,12 @@ TEST(CliTest, BadUsageExitsNonZeroWithAMessage) {
   auto lvl = RunCommand({BinDir() + "/cairn", "--log-level", "loud", "config", "show"});
   EXPECT_EQ(lvl.exit_code, 2);
   EXPECT_THAT(lvl.output, HasSubstr("unknown log level 'loud'"));
+  // `cairn up` checks its durations before it starts anything.
+  auto up = RunCommand({BinDir() + "/cairn", "up", "--state-dir", "/nonexistent/cairn-cli-test",
+                        "--quarantine-time", "5parsecs"});
+  EXPECT_EQ(up.exit_code, 2);
+  EXPECT_THAT(up.output, HasSubstr("--quarantine-time: '5parsecs' has unknown duration unit"));
+  EXPECT_FALSE(std::filesystem::exists("/nonexistent/cairn-cli-test"));
 }
 
 TEST(CliTest, ConfigIsValidatedWithFileLineAndKey) {
