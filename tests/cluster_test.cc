@@ -30,60 +30,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::CommandResult;
+using testing::JobProcesses;
+using testing::ProcessesMentioning;
+using testing::RankPid;
+using testing::ReadFile;
 using testing::RunCommand;
 
 constexpr int kSteps = 240;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// Pids of live processes whose command line or environment contains `needle`.
-std::vector<pid_t> ProcessesMentioning(const std::string& needle) {
-  std::vector<pid_t> out;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const pid_t pid = std::stoi(name);
-    if (pid == ::getpid()) continue;
-    std::string cmd = ReadFile(e.path() / "cmdline");
-    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
-    const std::string stat = ReadFile(e.path() / "stat");
-    const auto close = stat.rfind(')');
-    if (close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z') continue;
-    if (cmd.find(needle) != std::string::npos ||
-        ReadFile(e.path() / "environ").find(needle) != std::string::npos) {
-      out.push_back(pid);
-    }
-  }
-  return out;
-}
-
-// Processes of job `id` of the cluster at `dir` (job ids repeat across clusters).
-std::vector<pid_t> JobProcesses(const std::string& dir, const std::string& id) {
-  std::vector<pid_t> out;
-  for (pid_t pid : ProcessesMentioning("CAIRN_JOB_ID=" + id + std::string(1, '\0'))) {
-    if (ReadFile(fmt::format("/proc/{}/environ", pid))
-            .find("CAIRN_STATE_DIR=" + dir + std::string(1, '\0')) != std::string::npos) {
-      out.push_back(pid);
-    }
-  }
-  return out;
-}
-
-// The pid of the training process with MPI rank `rank` whose command line has `needle`.
-pid_t RankPid(const std::string& needle, int rank) {
-  for (pid_t pid : ProcessesMentioning(needle)) {
-    std::string env = ReadFile(fmt::format("/proc/{}/environ", pid));
-    std::replace(env.begin(), env.end(), '\0', '\n');
-    if (env.find(fmt::format("\nOMPI_COMM_WORLD_RANK={}\n", rank)) != std::string::npos &&
-        ReadFile(fmt::format("/proc/{}/comm", pid)).starts_with("cairn-fmnist")) {
-      return pid;
-    }
-  }
-  return -1;
-}
 
 class ClusterTest : public ::testing::Test {
  protected:
@@ -92,11 +45,7 @@ class ClusterTest : public ::testing::Test {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     key_ = (dir_ / "key").string();
-    {
-      std::ofstream k(key_);
-      k << "8f3a1c5e7b9d2f4a6c8e0b1d3f5a7c9e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f2a\n";
-    }
-    fs::permissions(key_, fs::perms::owner_read | fs::perms::owner_write);
+    testing::WriteKeyFile(key_);
     auto up = Cli({"up", "--agents", "2", "--cpus-per-agent", "2", "--node-timeout", "3s"});
     ASSERT_EQ(up.exit_code, 0) << up.output;
   }
@@ -105,22 +54,18 @@ class ClusterTest : public ::testing::Test {
     auto down = Cli({"down"});
     EXPECT_EQ(down.exit_code, 0) << down.output;
     // Nothing of the cluster or its jobs may be left, also after a failed test.
-    auto left = ProcessesMentioning(dir_.string());
-    for (int i = 0; i < 50 && !left.empty(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      left = ProcessesMentioning(dir_.string());
-    }
-    EXPECT_TRUE(left.empty()) << left.size() << " process(es) left, first pid " << left[0];
+    auto left = testing::WaitUntilNone([&] { return ProcessesMentioning(dir_.string()); },
+                                       std::chrono::seconds(5));
+    EXPECT_TRUE(left.empty()) << left.size() << " process(es) left, first "
+                              << testing::DescribeProcess(left[0]);
     for (pid_t p : left) ::kill(p, SIGKILL);
     if (!HasFailure()) fs::remove_all(dir_);
   }
 
   CommandResult Cli(std::vector<std::string> args,
                     std::chrono::seconds timeout = std::chrono::seconds(120)) {
-    // After the subcommand: everything after a "--" belongs to the job's command.
-    args.insert(args.begin() + 1, {"--state-dir", dir_.string()});
-    args.insert(args.begin(), testing::BinDir() + "/cairn");
-    return RunCommand(args, {{"PATH", testing::BinDir() + ":" + std::getenv("PATH")}}, timeout);
+    return testing::RunCairn(dir_.string(), std::move(args),
+                             {{"PATH", testing::BinDir() + ":" + std::getenv("PATH")}}, timeout);
   }
 
   // Submits the Fashion-MNIST job, checkpointing into dir_/name; returns the job id.
@@ -132,19 +77,10 @@ class ClusterTest : public ::testing::Test {
         "--",           "cairn-fmnist", "--epochs",   "1",  "--steps", std::to_string(kSteps),
         "--ckpt-every", "20",           "--key-file", key_, "--ckpt-dir", (dir_ / name).string()};
     args.insert(args.end(), command.begin(), command.end());
-    auto r = Cli(args);
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    std::string id = r.output.substr(0, r.output.find('\n'));
-    EXPECT_TRUE(id.starts_with("job-")) << r.output;
-    return id;
+    return testing::JobIdOf(Cli(args));
   }
 
-  nlohmann::json Job(const std::string& id) {
-    auto r = Cli({"status", id, "--json"});
-    auto j = nlohmann::json::parse(r.output, nullptr, false);
-    if (j.is_discarded() || !j.contains("jobs") || j["jobs"].empty()) return nlohmann::json{};
-    return j["jobs"][0];
-  }
+  nlohmann::json Job(const std::string& id) { return testing::JobStatus(dir_.string(), id); }
 
   static uint64_t StepOf(const nlohmann::json& j) {
     if (!j.contains("step")) return 0;
@@ -161,15 +97,7 @@ class ClusterTest : public ::testing::Test {
     return false;
   }
 
-  std::string WeightsOf(const std::string& id) {
-    auto logs = Cli({"logs", id});
-    std::smatch m;
-    if (std::regex_search(logs.output, m, std::regex("weights_sha256=([0-9a-f]{64})"))) {
-      return m[1];
-    }
-    ADD_FAILURE() << "no weights_sha256 in the output of " << id << ":\n" << logs.output;
-    return "";
-  }
+  std::string WeightsOf(const std::string& id) { return testing::JobWeights(dir_.string(), id); }
 
   // The weights of the job run without interruption (computed once per test binary).
   std::string Reference() {
@@ -296,8 +224,7 @@ TEST_F(ClusterTest, ProvenanceRecordsCodeAndInputsSignsCheckpointsAndRefusesChan
                   "--input", "data:" + pinned_file + "@" + pin, "--", "cairn-fmnist",
                   "--data-dir", data.string(), "--steps", "40", "--ckpt-every", "20",
                   "--key-file", key_, "--ckpt-dir", (dir_ / name).string()});
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    return r.output.substr(0, r.output.find('\n'));
+    return testing::JobIdOf(r);
   };
 
   // 1. A clean tree.

@@ -33,10 +33,8 @@ class Proc {
  public:
   ~Proc() { Kill(SIGKILL); }
   bool Spawn(std::vector<std::string> args) {
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    return posix_spawn(&pid_, args[0].c_str(), nullptr, nullptr, argv.data(), environ) == 0;
+    const SpawnArgs argv(std::move(args));
+    return posix_spawn(&pid_, argv.get()[0], nullptr, nullptr, argv.get(), environ) == 0;
   }
   void Kill(int sig) {
     if (pid_ <= 0) return;
@@ -61,10 +59,8 @@ class Cairnd {
     std::string bin = BinDir() + "/cairnd";
     std::vector<std::string> args = {bin, "--state-dir", dir_, "--log-level", "warn"};
     args.insert(args.end(), extra_.begin(), extra_.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid_, bin.c_str(), nullptr, nullptr, argv.data(), environ) != 0) return false;
+    const SpawnArgs argv(std::move(args));
+    if (posix_spawn(&pid_, bin.c_str(), nullptr, nullptr, argv.get(), environ) != 0) return false;
     for (int i = 0; i < 200; ++i) {
       if (std::filesystem::exists(dir_ + "/cairnd.addr")) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(25));
@@ -140,9 +136,7 @@ class CoordinatorTest : public ::testing::Test {
     std::filesystem::remove_all(dir_, ec);
   }
   CommandResult Cli(std::vector<std::string> args) {
-    args.insert(args.begin(), BinDir() + "/cairn");
-    args.insert(args.begin() + 2, {"--state-dir", dir_});
-    return RunCommand(args, {}, std::chrono::seconds(60));
+    return RunCairn(dir_, std::move(args), {}, std::chrono::seconds(60));
   }
   std::string Envelope(const std::string& method, const google::protobuf::Message& m, uint64_t id,
                        bool with_token = true) {
@@ -396,19 +390,9 @@ TEST(LocalCluster, UpAndDownLeaveNothingRunning) {
   const std::string dir =
       (std::filesystem::temp_directory_path() / ("cairn_up_" + io::RandomSuffix())).string();
   auto cli = [&](std::vector<std::string> args) {
-    args.insert(args.begin(), BinDir() + "/cairn");
-    args.insert(args.end(), {"--state-dir", dir});
-    return RunCommand(args, {}, std::chrono::seconds(60));
+    return RunCairn(dir, std::move(args), {}, std::chrono::seconds(60));
   };
-  auto processes = [&] {
-    int n = 0;
-    for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-      std::ifstream in(e.path() / "cmdline", std::ios::binary);
-      std::string cmd((std::istreambuf_iterator<char>(in)), {});
-      if (cmd.find(dir) != std::string::npos) ++n;
-    }
-    return n;
-  };
+  auto processes = [&] { return static_cast<int>(ProcessesRunning(dir).size()); };
   auto up = cli({"up", "--agents", "2"});
   ASSERT_EQ(up.exit_code, 0) << up.output;
   EXPECT_EQ(processes(), 3);
@@ -421,13 +405,8 @@ TEST(LocalCluster, UpAndDownLeaveNothingRunning) {
   auto down = cli({"down"});
   EXPECT_EQ(down.exit_code, 0) << down.output;
   EXPECT_EQ(processes(), 0);
-  if (processes() != 0) {  // never leave daemons behind, even when the test fails
-    for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-      std::ifstream in(e.path() / "cmdline", std::ios::binary);
-      std::string cmd((std::istreambuf_iterator<char>(in)), {});
-      if (cmd.find(dir) != std::string::npos) ::kill(std::atoi(e.path().filename().c_str()), SIGKILL);
-    }
-  }
+  // Never leave daemons behind, even when the test fails.
+  for (pid_t p : ProcessesRunning(dir)) ::kill(p, SIGKILL);
   EXPECT_NE(cli({"down"}).exit_code, 0);  // nothing to stop now
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);

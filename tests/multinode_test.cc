@@ -48,16 +48,17 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using testing::CommandResult;
+using testing::DescribeProcess;
+using testing::EnvValue;
+using testing::ProcessesMentioning;
+using testing::ProcessesWithEnv;
+using testing::ProcessName;
+using testing::ReadFile;
 using testing::RunCommand;
 
 constexpr int kNodes = 3;
 constexpr int kSteps = 240;
 constexpr auto kNodeTimeout = std::chrono::seconds(3);
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 std::string Tail(const std::string& path, std::size_t lines) {
   const std::string text = ReadFile(path);
@@ -75,65 +76,10 @@ std::string Tail(const std::string& path, std::size_t lines) {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-std::vector<pid_t> AllPids() {
-  std::vector<pid_t> out;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator("/proc", ec)) {
-    const std::string name = e.path().filename();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const pid_t pid = std::stoi(name);
-    if (pid == ::getpid()) continue;
-    const std::string stat = ReadFile(fmt::format("/proc/{}/stat", pid));
-    const auto close = stat.rfind(')');
-    if (close == std::string::npos) continue;  // gone meanwhile
-    if (close + 2 < stat.size() && stat[close + 2] == 'Z') continue;
-    out.push_back(pid);
-  }
-  return out;
-}
-
-// Pids of live processes whose command line or environment contains `needle`.
-std::vector<pid_t> ProcessesMentioning(const std::string& needle) {
-  std::vector<pid_t> out;
-  for (pid_t pid : AllPids()) {
-    if (ReadFile(fmt::format("/proc/{}/cmdline", pid)).find(needle) != std::string::npos ||
-        ReadFile(fmt::format("/proc/{}/environ", pid)).find(needle) != std::string::npos) {
-      out.push_back(pid);
-    }
-  }
-  return out;
-}
-
-// Pids of live processes whose environment has every one of `entries` ("NAME=value").
-std::vector<pid_t> ProcessesWithEnv(const std::vector<std::string>& entries) {
-  std::vector<pid_t> out;
-  for (pid_t pid : AllPids()) {
-    const std::string env = std::string(1, '\0') + ReadFile(fmt::format("/proc/{}/environ", pid));
-    if (std::all_of(entries.begin(), entries.end(), [&](const std::string& e) {
-          return env.find(std::string(1, '\0') + e + std::string(1, '\0')) != std::string::npos;
-        })) {
-      out.push_back(pid);
-    }
-  }
-  return out;
-}
-
 // The inode of a network namespace (0 if unknown): /run/netns/NAME or /proc/PID/ns/net.
 ino_t NetnsInode(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
-}
-
-std::string Describe(pid_t pid) {
-  std::string cmd = ReadFile(fmt::format("/proc/{}/cmdline", pid));
-  std::replace(cmd.begin(), cmd.end(), '\0', ' ');
-  if (cmd.size() > 160) cmd = cmd.substr(0, 160) + "...";
-  std::string env = ReadFile(fmt::format("/proc/{}/environ", pid));
-  std::string attempt;
-  if (auto p = env.find(std::string(1, '\0') + "CAIRN_ATTEMPT="); p != std::string::npos) {
-    attempt = env.substr(p + 15, env.find('\0', p + 1) - p - 15);
-  }
-  return fmt::format("pid {} (attempt {}): {}", pid, attempt.empty() ? "?" : attempt, cmd);
 }
 
 std::string FindIp() {
@@ -176,9 +122,7 @@ bool DaemonStartFailure(const nlohmann::json& run) {
 // on its command line wins over OMPI_MCA_orte_tmpdir_base in its environment, which wins
 // over TMPDIR.
 std::string OrteTmpdirBase(pid_t pid) {
-  std::vector<std::string> args;
-  std::istringstream cmd(ReadFile(fmt::format("/proc/{}/cmdline", pid)));
-  for (std::string a; std::getline(cmd, a, '\0');) args.push_back(a);
+  const std::vector<std::string> args = testing::Arguments(pid);
   std::string from_cmdline;
   for (std::size_t i = 0; i + 2 < args.size(); ++i) {
     if ((args[i] == "-mca" || args[i] == "--mca") && args[i + 1] == "orte_tmpdir_base") {
@@ -187,13 +131,9 @@ std::string OrteTmpdirBase(pid_t pid) {
   }
   if (!from_cmdline.empty()) return from_cmdline;
   // Else the environment's OMPI_MCA_orte_tmpdir_base, else TMPDIR, else /tmp.
-  std::string from_env, tmpdir;
-  std::istringstream env(ReadFile(fmt::format("/proc/{}/environ", pid)));
-  for (std::string e; std::getline(env, e, '\0');) {
-    if (e.starts_with("OMPI_MCA_orte_tmpdir_base=") && from_env.empty()) from_env = e.substr(26);
-    if (e.starts_with("TMPDIR=") && tmpdir.empty()) tmpdir = e.substr(7);
-  }
+  const std::string from_env = EnvValue(pid, "OMPI_MCA_orte_tmpdir_base").value_or("");
   if (!from_env.empty()) return from_env;
+  const std::string tmpdir = EnvValue(pid, "TMPDIR").value_or("");
   return tmpdir.empty() ? "/tmp" : tmpdir;
 }
 
@@ -219,11 +159,7 @@ class MultiNodeTest : public ::testing::Test {
     fs::create_directories(dir_);
     fs::permissions(dir_, fs::perms::owner_all);
     key_ = (dir_ / "key").string();
-    {
-      std::ofstream k(key_);
-      k << "8f3a1c5e7b9d2f4a6c8e0b1d3f5a7c9e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f2a\n";
-    }
-    fs::permissions(key_, fs::perms::owner_read | fs::perms::owner_write);
+    testing::WriteKeyFile(key_);
 
     // The "hosts": a bridge in the root namespace, one namespace per node behind it.
     auto taken = RunCommand({"/bin/sh", "-c", ip_ + " -o -4 addr show | grep -w 198.18.0.1/24"});
@@ -324,7 +260,9 @@ class MultiNodeTest : public ::testing::Test {
         auto strays = ProcessesWithEnv({entry});
         if (strays.empty()) break;
         if (i == 0) {
-          for (pid_t p : strays) ADD_FAILURE() << "left after the agents stopped: " << Describe(p);
+          for (pid_t p : strays) {
+            ADD_FAILURE() << "left after the agents stopped: " << DescribeProcess(p);
+          }
         }
         for (pid_t p : strays) ::kill(p, SIGKILL);
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -348,13 +286,10 @@ class MultiNodeTest : public ::testing::Test {
     bridge_created_ = false;
     // 4. Nothing of the cluster may be left.
     if (!dir_.empty()) {
-      auto rest = ProcessesMentioning(dir_.string());
-      for (int i = 0; i < 50 && !rest.empty(); ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        rest = ProcessesMentioning(dir_.string());
-      }
+      auto rest = testing::WaitUntilNone([&] { return ProcessesMentioning(dir_.string()); },
+                                         std::chrono::seconds(5));
       for (pid_t p : rest) {
-        ADD_FAILURE() << "process left: " << Describe(p);
+        ADD_FAILURE() << "process left: " << DescribeProcess(p);
         ::kill(p, SIGKILL);
       }
       if (!HasFailure() && std::getenv("CAIRN_TEST_KEEP_STATE") == nullptr) {
@@ -376,14 +311,9 @@ class MultiNodeTest : public ::testing::Test {
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
     std::vector<std::string> env = testing::MergedEnvironment({{"PATH", path_}});
     std::erase_if(env, [](const std::string& e) { return e.starts_with("CAIRN_STATE_DIR="); });
-    std::vector<char*> envp, args;
-    for (auto& s : env) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    std::vector<std::string> copy = argv;
-    for (auto& a : copy) args.push_back(a.data());
-    args.push_back(nullptr);
+    const testing::SpawnArgs args(argv), envp(std::move(env));
     pid_t pid = -1;
-    const int rc = posix_spawn(&pid, args[0], &fa, nullptr, args.data(), envp.data());
+    const int rc = posix_spawn(&pid, args.get()[0], &fa, nullptr, args.get(), envp.get());
     posix_spawn_file_actions_destroy(&fa);
     if (rc != 0) {
       ADD_FAILURE() << "spawn " << argv[0] << ": " << std::strerror(rc);
@@ -417,10 +347,7 @@ class MultiNodeTest : public ::testing::Test {
 
   CommandResult Cli(std::vector<std::string> args,
                     std::chrono::seconds timeout = std::chrono::seconds(60)) {
-    // Right after the subcommand: everything after a "--" belongs to the job's command.
-    args.insert(args.begin() + 1, {"--state-dir", dir_.string()});
-    args.insert(args.begin(), bin_ + "/cairn");
-    return RunCommand(args, {{"PATH", path_}}, timeout);
+    return testing::RunCairn(dir_.string(), std::move(args), {{"PATH", path_}}, timeout);
   }
 
   // --- cluster and job state ---
@@ -435,12 +362,7 @@ class MultiNodeTest : public ::testing::Test {
     return out;
   }
 
-  nlohmann::json Job(const std::string& id) {
-    auto r = Cli({"status", id, "--json"});
-    auto j = nlohmann::json::parse(r.output, nullptr, false);
-    if (j.is_discarded() || !j.contains("jobs") || j["jobs"].empty()) return nlohmann::json{};
-    return j["jobs"][0];
-  }
+  nlohmann::json Job(const std::string& id) { return testing::JobStatus(dir_.string(), id); }
 
   // Submits the Fashion-MNIST job (4 ranks on 2 nodes, mpi), checkpoints in dir_/name.
   std::string SubmitFmnist(const std::string& name) {
@@ -449,22 +371,10 @@ class MultiNodeTest : public ::testing::Test {
                                      "--name", name, "--", "cairn-fmnist", "--epochs", "1",
                                      "--steps", std::to_string(kSteps), "--ckpt-every", "20",
                                      "--key-file", key_, "--ckpt-dir", (dir_ / name).string()};
-    auto r = Cli(args);
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    std::string id = r.output.substr(0, r.output.find('\n'));
-    EXPECT_TRUE(id.starts_with("job-")) << r.output;
-    return id;
+    return testing::JobIdOf(Cli(args));
   }
 
-  std::string WeightsOf(const std::string& id) {
-    auto logs = Cli({"logs", id});
-    std::smatch m;
-    if (std::regex_search(logs.output, m, std::regex("weights_sha256=([0-9a-f]{64})"))) {
-      return m[1];
-    }
-    ADD_FAILURE() << "no weights_sha256 in rank 0's output of " << id << ":\n" << logs.output;
-    return "";
-  }
+  std::string WeightsOf(const std::string& id) { return testing::JobWeights(dir_.string(), id); }
 
   // The weights of the job run without interruption on this cluster (once per binary).
   std::string Reference() {
@@ -502,7 +412,7 @@ class MultiNodeTest : public ::testing::Test {
 
   // Processes of `job` of this cluster (job ids repeat across clusters).
   std::vector<pid_t> JobProcesses(const std::string& job) {
-    return ProcessesWithEnv({"CAIRN_JOB_ID=" + job, "CAIRN_STATE_DIR=" + dir_.string()});
+    return testing::JobProcesses(dir_.string(), job);
   }
 
   // Processes of `job` inside the network namespace `ns`.
@@ -586,7 +496,7 @@ class MultiNodeTest : public ::testing::Test {
     // mpirun runs on the gang's first node.
     bool mpirun_on_head = false;
     for (pid_t p : JobProcessesIn(id, NamespaceOf(first_nodes[0]))) {
-      mpirun_on_head = mpirun_on_head || ReadFile(fmt::format("/proc/{}/comm", p)) == "mpirun\n";
+      mpirun_on_head = mpirun_on_head || ProcessName(p) == "mpirun";
     }
     EXPECT_TRUE(mpirun_on_head) << "no mpirun of " << id << " in " << first_nodes[0];
     const auto victim_procs = JobProcessesIn(id, victim_ns);
@@ -620,7 +530,7 @@ class MultiNodeTest : public ::testing::Test {
           replaced_s = Seconds(Clock::now() - t_cut);
           // Attempts never overlap: the cut-off node's processes must be gone by now.
           // (Seen after cairnd placed the next attempt, so any found is an overlap.)
-          for (pid_t p : JobProcessesIn(id, victim_ns)) overlap.push_back(Describe(p));
+          for (pid_t p : JobProcessesIn(id, victim_ns)) overlap.push_back(DescribeProcess(p));
         }
       }
       const std::string state = Str(j, "state");
@@ -640,7 +550,8 @@ class MultiNodeTest : public ::testing::Test {
     EXPECT_TRUE(failed_over_s.has_value()) << "no restart after the cut:\n" << j.dump(1);
     EXPECT_TRUE(fenced_s.has_value())
         << "the agent of " << victim << ", cut off, did not stop its processes within 60 s; "
-        << "still there: " << (still_there.empty() ? std::string() : Describe(still_there[0]));
+        << "still there: "
+        << (still_there.empty() ? std::string() : DescribeProcess(still_there[0]));
     EXPECT_TRUE(lost_s.has_value()) << victim << " never reported lost";
     EXPECT_FALSE(second_nodes.empty()) << "no second attempt seen:\n" << j.dump(1);
     for (const auto& p : overlap) {
@@ -684,7 +595,8 @@ class MultiNodeTest : public ::testing::Test {
 
     // Still cut off: nothing of the job may run on the victim (it fenced itself).
     for (pid_t p : JobProcessesIn(id, victim_ns)) {
-      ADD_FAILURE() << "still running on the cut-off node " << victim << ": " << Describe(p);
+      ADD_FAILURE() << "still running on the cut-off node " << victim << ": "
+                    << DescribeProcess(p);
     }
 
     // The link comes back: the agent reconnects and its node is alive again.
@@ -707,12 +619,9 @@ class MultiNodeTest : public ::testing::Test {
     EXPECT_TRUE(Alive(agents_[static_cast<std::size_t>(victim[1] - '1')]))
         << "the agent of " << victim << " exited";
     // No process of the job is left anywhere (the cut attempt's included).
-    std::vector<pid_t> left = JobProcesses(id);
-    for (int i = 0; i < 30 && !left.empty(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      left = JobProcesses(id);
-    }
-    for (pid_t p : left) ADD_FAILURE() << "process of " << id << " left: " << Describe(p);
+    const auto left =
+        testing::WaitUntilNone([&] { return JobProcesses(id); }, std::chrono::seconds(3));
+    for (pid_t p : left) ADD_FAILURE() << "process of " << id << " left: " << DescribeProcess(p);
   }
 
   std::string ip_, bin_, path_;
@@ -745,12 +654,10 @@ TEST_F(MultiNodeTest, OpenMpiDaemonsOfCoLocatedNodesKeepSeparateSessionDirectori
   for (int i = 0; i < 300 && Clock::now() - t0 < std::chrono::seconds(30); ++i) {
     std::map<std::string, std::map<std::string, pid_t>> by_attempt;
     for (pid_t p : JobProcesses(id)) {
-      const std::string comm = ReadFile(fmt::format("/proc/{}/comm", p));
-      std::string env = ReadFile(fmt::format("/proc/{}/environ", p));
-      const auto a = env.find(std::string(1, '\0') + "CAIRN_ATTEMPT=");
-      const std::string attempt = a == std::string::npos ? "" : env.substr(a + 15, env.find('\0', a + 1) - a - 15);
-      if (comm == "mpirun\n") by_attempt[attempt]["mpirun"] = p;
-      if (comm == "orted\n") by_attempt[attempt]["orted on " + NodeOfProcess(p)] = p;
+      const std::string comm = ProcessName(p);
+      const std::string attempt = EnvValue(p, "CAIRN_ATTEMPT").value_or("");
+      if (comm == "mpirun") by_attempt[attempt]["mpirun"] = p;
+      if (comm == "orted") by_attempt[attempt]["orted on " + NodeOfProcess(p)] = p;
     }
     for (const auto& [attempt, procs] : by_attempt) {
       if (procs.size() == 3) daemons = procs;

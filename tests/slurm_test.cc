@@ -89,22 +89,6 @@ CommandResult ClusterCtl(const std::string& verb, seconds timeout = seconds(90))
   return RunCommand({LocalCluster(), verb}, ClusterEnv(), timeout);
 }
 
-std::string ReadFile(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
-
-// Last value of "key=" at the start of a line ("" if none).
-std::string LastValue(const std::string& out, const std::string& key) {
-  std::string found;
-  std::istringstream in(out);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.starts_with(key + "=")) found = line.substr(key.size() + 1);
-  }
-  return found;
-}
-
 std::vector<uint64_t> AllNumbers(const std::string& out, const std::string& pattern) {
   std::vector<uint64_t> v;
   const std::regex re(pattern);
@@ -323,9 +307,9 @@ TEST_F(SlurmTest, SignalledJobRequeuesAndResumesExactly) {
 
   const CommandResult ref = reference.get();
   ASSERT_EQ(ref.exit_code, 0) << ref.output;
-  const std::string want = LastValue(ref.output, "weights_sha256");
+  const std::string want = OutputValue(ref.output, "weights_sha256");
   ASSERT_EQ(want.size(), 64u) << ref.output;
-  EXPECT_EQ(LastValue(log, "weights_sha256"), want) << log;
+  EXPECT_EQ(OutputValue(log, "weights_sha256"), want) << log;
   // The key was created once, private.
   EXPECT_EQ(fs::status(run / "master.key").permissions() & fs::perms::all,
             fs::perms::owner_read | fs::perms::owner_write);
@@ -389,9 +373,9 @@ TEST_F(SlurmTest, TimeLimitedJobFinishesThroughRequeues) {
     EXPECT_EQ(static_cast<int>(preempted.size()), j.restarts) << log;
 
     ASSERT_EQ(ref.exit_code, 0) << ref.output;
-    const std::string want = LastValue(ref.output, "weights_sha256");
+    const std::string want = OutputValue(ref.output, "weights_sha256");
     ASSERT_EQ(want.size(), 64u) << ref.output;
-    EXPECT_EQ(LastValue(log, "weights_sha256"), want) << log;
+    EXPECT_EQ(OutputValue(log, "weights_sha256"), want) << log;
     break;
   }
 }
@@ -409,7 +393,7 @@ TEST_F(SlurmTest, AgentsInsideAnAllocationRunAJob) {
   EXPECT_EQ(j.exit_code, "0:0") << j.raw;
   EXPECT_NE(log.find("1 agent(s) alive"), std::string::npos) << log;
   EXPECT_NE(log.find("SUCCEEDED: succeeded at step 300"), std::string::npos) << log;
-  EXPECT_EQ(LastValue(log, "weights_sha256").size(), 64u) << log;
+  EXPECT_EQ(OutputValue(log, "weights_sha256").size(), 64u) << log;
   // The agent and cairnd were stopped by the script (SLURM would kill them anyway).
   EXPECT_NE(log.find("stopping the agents"), std::string::npos) << log;
 }
@@ -420,9 +404,7 @@ TEST_F(SlurmTest, AgentsInsideAnAllocationRunAJob) {
 TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   const std::string state = (dir_ / "cairn").string();
   auto cairn = [&](std::vector<std::string> args, seconds timeout = seconds(120)) {
-    args.insert(args.begin() + 1, {"--state-dir", state});
-    args.insert(args.begin(), BinDir() + "/cairn");
-    return RunCommand(args, {}, timeout);
+    return RunCairn(state, std::move(args), {}, timeout);
   };
   struct Down {
     std::function<void()> fn;
@@ -430,11 +412,7 @@ TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   } down{[&] { cairn({"down"}); }};
   auto up = cairn({"up", "--agents", "0", "--slurm"});
   ASSERT_EQ(up.exit_code, 0) << up.output;
-  auto job = [&](const std::string& id) {
-    auto r = cairn({"status", id, "--json"});
-    auto j = nlohmann::json::parse(r.output, nullptr, false);
-    return j.is_discarded() || j["jobs"].empty() ? nlohmann::json::object() : j["jobs"][0];
-  };
+  auto job = [&](const std::string& id) { return JobStatus(state, id); };
   const std::vector<std::string> flags = {"--steps", "400", "--ckpt-every", "40"};
   auto reference = Reference(2, flags);
   std::vector<std::string> submit = {"submit", "--executor", "slurm", "--ranks", "2",
@@ -475,11 +453,11 @@ TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   const std::string out = ReadFile(fs::path(state) / "logs" / id /
                                    fmt::format("attempt-{}", j["runs"].size()) / "slurm.out");
   // The ranks report to no agent under SLURM: the resume shows in their output.
-  const std::string resumed = LastValue(out, "resumed_from_step");
+  const std::string resumed = OutputValue(out, "resumed_from_step");
   EXPECT_FALSE(resumed.empty() || resumed == "0") << out;
   const CommandResult ref = reference.get();
   ASSERT_EQ(ref.exit_code, 0) << ref.output;
-  EXPECT_EQ(LastValue(out, "weights_sha256"), LastValue(ref.output, "weights_sha256")) << out;
+  EXPECT_EQ(OutputValue(out, "weights_sha256"), OutputValue(ref.output, "weights_sha256")) << out;
   // The provenance of each attempt is there too.
   auto lineage = cairn({"lineage", id});
   EXPECT_EQ(lineage.exit_code, 0) << lineage.output;
@@ -507,26 +485,6 @@ TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   const JobInfo gone = WaitForEnd(slurm_id, seconds(60));
   EXPECT_EQ(gone.state, "CANCELLED") << gone.raw;
   EXPECT_EQ(job(id2)["state"], "JOB_CANCELLED");
-}
-
-// Processes whose command line or environment names `needle` (not this process).
-std::vector<std::string> ProcessesMentioning(const std::string& needle) {
-  std::vector<std::string> found;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string pid = e.path().filename().string();
-    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (pid == std::to_string(::getpid())) continue;
-    std::string cmd = ReadFile(e.path() / "cmdline");
-    std::string env = ReadFile(e.path() / "environ");
-    const std::string stat = ReadFile(e.path() / "stat");
-    const auto paren = stat.rfind(')');
-    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z') continue;
-    for (char& c : cmd) c = c == '\0' ? ' ' : c;
-    if (cmd.find(needle) != std::string::npos || env.find(needle) != std::string::npos) {
-      found.push_back(pid + ": " + cmd);
-    }
-  }
-  return found;
 }
 
 // (d) Last: stop leaves nothing running, and says so; status says down.
@@ -557,8 +515,8 @@ TEST_F(SlurmTest, StopLeavesNoDaemonAndNoJobProcess) {
   // Nothing of the cluster (daemons: their command lines; job processes: SLURM_CONF in
   // their environment), nothing any test started (paths under the test directories).
   std::string left;
-  for (const auto& p : ProcessesMentioning(kClusterDir)) left += p + "\n";
-  for (const auto& p : ProcessesMentioning("cairn_slurm_test_")) left += p + "\n";
+  for (pid_t p : ProcessesMentioning(kClusterDir)) left += DescribeProcess(p) + "\n";
+  for (pid_t p : ProcessesMentioning("cairn_slurm_test_")) left += DescribeProcess(p) + "\n";
   EXPECT_EQ(left, "") << "still running after local-cluster stop";
 }
 

@@ -43,22 +43,6 @@ struct RunResult {
   bool timed_out = false;
 };
 
-// Last value of "key=" on its own line in the output ("" if absent).
-inline std::string OutputValue(const std::string& out, const std::string& key) {
-  std::string found;
-  std::size_t pos = 0;
-  const std::string needle = key + "=";
-  while ((pos = out.find(needle, pos)) != std::string::npos) {
-    if (pos == 0 || out[pos - 1] == '\n') {
-      std::size_t end = out.find('\n', pos);
-      found = out.substr(pos + needle.size(), end == std::string::npos ? std::string::npos
-                                                                      : end - pos - needle.size());
-    }
-    pos += needle.size();
-  }
-  return found;
-}
-
 class TrainingRun {
  public:
   // ranks == 0: run argv directly (one process); else under mpirun -np ranks.
@@ -100,33 +84,15 @@ class TrainingRun {
     }
     full.insert(full.end(), argv.begin(), argv.end());
 
-    int pipefd[2];
-    if (::pipe2(pipefd, O_CLOEXEC) != 0) return res;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
-    posix_spawnattr_setpgroup(&attr, 0);
-    std::vector<std::string> env_strings = MergedEnvironment(env);
-    std::vector<char*> envp, args;
-    for (auto& s : env_strings) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    for (auto& a : full) args.push_back(a.data());
-    args.push_back(nullptr);
-    int rc = posix_spawnp(&pid_, args[0], &fa, &attr, args.data(), envp.data());
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
-    ::close(pipefd[1]);
-    if (rc != 0) {
-      ::close(pipefd[0]);
+    // In a process group of its own: Cleanup() kills the group.
+    const SpawnedProcess child = SpawnWithOutput(full, env, /*own_group=*/true,
+                                                 /*search_path=*/true);
+    if (child.pid < 0) {
       res.output = "spawn failed: " + full[0];
-      pid_ = -1;
       return res;
     }
-    out_fd_ = pipefd[0];
+    pid_ = child.pid;
+    out_fd_ = child.output;
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     char buf[8192];
     bool out_open = true;
