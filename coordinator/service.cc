@@ -92,7 +92,8 @@ Service::Service(StateStore* store, std::string cluster_token, Clock clock,
               }
               return v;
             },
-            options.jobs) {}
+            options.jobs),
+      logs_(options.jobs.state_dir, store) {}
 
 Status Service::Recover() {
   LoadNodes();
@@ -192,6 +193,7 @@ Result<std::string> Service::RegisterNode(const proto::Envelope& req) {
   proto::RegisterNodeReply out;
   out.set_heartbeat_interval_ms(static_cast<uint64_t>(options_.heartbeat_interval_ms));
   out.set_node_timeout_ms(static_cast<uint64_t>(options_.node_timeout_ms));
+  out.set_ship_logs(!logs_.SharesStateDir(rec.id, r.state_probe()));
   jobs_.Schedule();
   return out.SerializeAsString();
 }
@@ -211,6 +213,12 @@ Result<std::string> Service::Heartbeat(const proto::Envelope& req) {
     (void)scheduler_.SetSchedulable(r.node_id(), !jobs_.Quarantined(r.node_id()));
     (void)store_->AppendEvent("", "node-back", r.node_id(), n.last_seen_ms);
     log::Logger("coordinator")->info("node {} is back", r.node_id());
+  }
+  // Logs first: a report that ends the job must find its output already written.
+  for (const auto& chunk : r.logs()) {
+    if (auto w = logs_.Write(r.node_id(), chunk); !w) {
+      log::Logger("coordinator")->warn("{}", w.error().ToString());
+    }
   }
   // Reports travel on two connections; an older one arriving late is stale.
   if (r.sequence() == 0 || r.sequence() > n.last_sequence) {

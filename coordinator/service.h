@@ -47,6 +47,7 @@
 #include <string>
 
 #include "coordinator/job_manager.h"
+#include "coordinator/log_sink.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/state_store.h"
 #include "proto/cairn.pb.h"
@@ -120,6 +121,7 @@ class Service {
   Scheduler scheduler_;
   std::map<std::string, NodeLive> nodes_;
   JobManager jobs_;
+  LogSink logs_;
 };
 
 }  // namespace cairn::coord

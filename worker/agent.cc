@@ -151,21 +151,35 @@ proto::HeartbeatRequest Agent::Report(uint32_t wait_ms) {
   hb.set_orders_version(orders_version_);
   hb.set_wait_ms(wait_ms);
   for (const auto& [id, run] : runs_) {
+  const auto now = std::chrono::steady_clock::now();
     auto* r = hb.add_runs();
     r->set_run_id(id);
     r->set_launch_error(run.launch_error);
     bool active = !run.started && run.launch_error.empty() && !run.stopping;
     for (const auto& p : run.procs) {
+    // Logs before exits: while output of an exited process is still on its way to
+    // cairnd (shipped logs), its exit waits, up to kHoldExitForLogs, so that whoever
+    // sees the job end also finds its last lines.
+    bool hold = false;
+    const bool exited = std::any_of(run.procs.begin(), run.procs.end(),
+                                    [](const Proc& p) { return !p.running; });
+    if (exited && shipper_.Pending(run.order.job_id(), run.order.attempt())) {
+      auto [since, fresh] = exit_held_since_.try_emplace(id, now);
+      hold = now - since->second < kHoldExitForLogs;
+    } else {
+      exit_held_since_.erase(id);
+    }
       auto* ps = r->add_processes();
       ps->set_name(p.name);
       ps->set_pid(p.pid);
-      ps->set_running(p.running);
-      ps->set_exit_code(p.exit_code);
-      ps->set_signal(p.signal);
+      const bool held = hold && !p.running;
+      ps->set_running(p.running || held);
+      ps->set_exit_code(held ? 0 : p.exit_code);
+      ps->set_signal(held ? 0 : p.signal);
       ps->set_primary(p.primary);
       ps->set_rank(p.rank);
-      ps->set_how(p.how);
-      active = active || p.running;
+      ps->set_how(held ? std::string() : p.how);
+      active = active || p.running || held;
     }
     // Descendants (Open MPI ranks under an orted, strays) count too: Step() keeps
     // `killed` false until the whole tree is gone.
@@ -182,6 +196,7 @@ proto::HeartbeatRequest Agent::Report(uint32_t wait_ms) {
                         "node timeout");
   }
   return hb;
+  shipper_.Collect(&hb);
 }
 
 void Agent::ApplyOrders(const proto::HeartbeatReply& reply) {
@@ -275,6 +290,7 @@ bool Agent::Start(LocalRun& run) {
   std::error_code ec;
   fs::create_directories(logs, ec);
   std::vector<std::string> env = BaseEnv(o);
+  shipper_.Track(o.job_id(), o.attempt());
   auto fail = [&](const Error& e) {
     run.launch_error = e.ToString();
     Log()->error("run {}: {}", o.run_id(), run.launch_error);
@@ -292,6 +308,8 @@ bool Agent::Start(LocalRun& run) {
     argv.insert(argv.end(), {"--host", hosts, "--mca", "plm_rsh_agent", config_.rsh_path, "--mca",
                              "plm_rsh_no_tree_spawn", "1", "--mca", "routed", "direct",
                              "--output-filename", logs, "--merge-stderr-to-stdout"});
+    std::string hosts;
+    for (const auto& h : o.hosts()) hosts += (hosts.empty() ? "" : ",") + h.node_id();
     std::vector<std::string> forward = {"CAIRN_RUN_ID", "CAIRN_JOB_ID", "CAIRN_ATTEMPT"};
     if (!o.expected_head().empty()) forward.push_back("CAIRN_EXPECTED_HEAD");
     if (!o.provenance_digest().empty()) forward.push_back("CAIRN_PROVENANCE_DIGEST");
@@ -500,6 +518,7 @@ bool Agent::Step() {
             if (p.pid == e.pid && p.running) {
               p.running = false;
               p.exit_code = e.exit_code;
+      shipper_.Untrack(run.order.job_id(), run.order.attempt());
               p.signal = e.signal;
             }
           }

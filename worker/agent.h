@@ -18,12 +18,17 @@
 // orted-<node>.log and rank.<r>/stdout (mpi, written by mpirun's output forwarding).
 //
 // Threading: Report(), ApplyOrders() and Fence() may be called from any thread;
+// When cairnd does not share the node's state directory, the new bytes of these files
+// travel with the heartbeats (log_shipper.h), and an exit is reported once the output
+// before it has been delivered (waiting at most 10 s), so the job's end never comes
+// before its last lines.
 // Step() from the one thread that owns the Supervisor (it spawns and kills). A mutex
 // guards the shared state.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -35,6 +40,7 @@
 #include "worker/gpus.h"
 #include "worker/supervisor.h"
 
+#include "worker/log_shipper.h"
 namespace cairn::worker {
 
 struct AgentConfig {
@@ -73,6 +79,9 @@ class Agent {
   std::size_t live_runs();
 
  private:
+  // The runs' log files, for cairnd when it does not share this node's state directory
+  // (Report adds their new bytes; the caller marks them Delivered once answered).
+  LogShipper& log_shipper() { return shipper_; }
   struct Proc {
     pid_t pid = 0;
     std::string name;
@@ -97,7 +106,10 @@ class Agent {
   };
 
   Agent(AgentConfig config, std::unique_ptr<Supervisor> sup, int progress_fd)
-      : config_(std::move(config)), sup_(std::move(sup)), progress_fd_(progress_fd) {}
+      : config_(std::move(config)),
+        sup_(std::move(sup)),
+        progress_fd_(progress_fd),
+        shipper_(config_.state_dir + "/logs") {}
   std::vector<std::string> BaseEnv(const proto::LaunchOrder& o) const;
   std::string LogDir(const proto::LaunchOrder& o) const;
   bool Start(LocalRun& run);
@@ -123,4 +135,7 @@ class Agent {
   std::set<std::string> finished_;                    // run ids never to start again
 };
 
+  LogShipper shipper_;
+  static constexpr std::chrono::seconds kHoldExitForLogs{10};
+  std::map<std::string, std::chrono::steady_clock::time_point> exit_held_since_;  // by run id
 }  // namespace cairn::worker

@@ -20,11 +20,13 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <random>
 #include <thread>
 
 #include <linux/limits.h>
 
 #include "common/app.h"
+#include "common/io.h"
 #include "common/log.h"
 #include "coordinator/client.h"
 #include "proto/cairn.pb.h"
@@ -165,6 +167,17 @@ int main(int argc, char** argv) {
     info->set_uuid(g.uuid);
   }
 
+  // Whether cairnd shares our state directory: it reads this probe back (logs are
+  // shipped with the heartbeats when it does not).
+  {
+    std::random_device rd;
+    const std::string probe = fmt::format("{:08x}{:08x}{:08x}{:08x}", rd(), rd(), rd(), rd());
+    auto written = io::WriteFileAtomic(io::DefaultFileSystem(),
+                                       fmt::format("{}/agents/{}/probe", state_dir, node_id),
+                                       probe, 0644);
+    if (written) reg.set_state_probe(probe);
+  }
+
   auto log = log::Logger("agent");
   using Clock = std::chrono::steady_clock;
   std::atomic<int64_t> last_contact_ms{0};  // steady ms of the last answered heartbeat
@@ -217,11 +230,17 @@ int main(int argc, char** argv) {
         }
         registered = true;
         backoff = std::chrono::milliseconds(200);
+        agent.log_shipper().set_enabled(reply.ship_logs());
+        if (reply.ship_logs()) {
+          log->info("cairnd does not share {}: run logs travel with the heartbeats", state_dir);
+        }
         log->info("node {} registered: {} CPUs, {} MiB, {} GPUs ({}); heartbeat every {} ms",
                   node_id, cpus, mem >> 20, inventory.devices.size(), inventory.source,
                   interval.count());
       }
-      auto hb = agent.Report(static_cast<uint32_t>(interval.count()));
+      // Log bytes waiting: heartbeat again at once rather than after a held long poll.
+      const bool backlog = agent.log_shipper().Backlog();
+      auto hb = agent.Report(backlog ? 0 : static_cast<uint32_t>(interval.count()));
       auto r = client->Call("Heartbeat", hb.SerializeAsString(), interval * 3);
       if (!r) {
         connected = false;
@@ -233,6 +252,7 @@ int main(int argc, char** argv) {
       }
       connected = true;
       last_contact_ms = steady_ms();
+      agent.log_shipper().Delivered(hb);
       proto::HeartbeatReply reply;
       if (reply.ParseFromString(*r)) agent.ApplyOrders(reply);
     }
@@ -256,6 +276,8 @@ int main(int argc, char** argv) {
                                     std::chrono::milliseconds(500));
             !r) {
           reporter.reset();
+        } else {
+          agent.log_shipper().Delivered(hb);
         }
       }
     }
