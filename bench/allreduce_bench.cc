@@ -17,14 +17,10 @@
 #include <string>
 #include <vector>
 
+#include "bench/allreduce_args.h"
 #include "collectives/mpi_communicator.h"
 
 namespace {
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
 int Iterations(std::size_t bytes) {
   if (bytes <= (64u << 10)) return 200;
@@ -35,34 +31,13 @@ int Iterations(std::size_t bytes) {
 
 }  // namespace
 
+using cairn::bench::Median;
+
 int main(int argc, char** argv) {
-  int rounds = 7;
-  std::size_t min_bytes = 4 << 10, max_bytes = 64 << 20;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--rounds") {
-      rounds = std::atoi(next().c_str());
-    } else if (a == "--min-bytes") {
-      min_bytes = std::strtoull(next().c_str(), nullptr, 10);
-    } else if (a == "--max-bytes") {
-      max_bytes = std::strtoull(next().c_str(), nullptr, 10);
-    } else {
-      std::fprintf(stderr, "unknown argument %s (use --rounds, --min-bytes, --max-bytes)\n",
-                   a.c_str());
-      return 2;
-    }
-  }
-  if (rounds < 1 || min_bytes < 4 || max_bytes < min_bytes) {
-    std::fprintf(stderr, "invalid --rounds/--min-bytes/--max-bytes\n");
-    return 2;
-  }
+  cairn::bench::AllReduceArgs defaults;
+  const auto args = cairn::bench::ParseAllReduceArgs(argc, argv, defaults);
+  const int rounds = args.rounds;
+  const std::size_t min_bytes = args.min_bytes, max_bytes = args.max_bytes;
   auto session = cairn::coll::MpiSession::Start();
   if (!session) {
     std::fprintf(stderr, "%s\n", session.error().ToString().c_str());
