@@ -28,8 +28,8 @@
 
 #include "checkpoint/types.h"
 #include "common/io.h"
+#include "common/subprocess.h"
 #include "provenance/digest.h"
-#include "provenance/subprocess.h"
 
 namespace {
 
@@ -87,11 +87,11 @@ void ReadAll(const std::string& path) {
 double Sha256sum(const std::vector<std::string>& files, std::string* out) {
   std::vector<std::string> argv = {"sha256sum"};
   argv.insert(argv.end(), files.begin(), files.end());
-  cairn::prov::RunOptions opts;
+  cairn::subprocess::RunOptions opts;
   opts.max_stdout_bytes = 16 << 20;
   opts.timeout = std::chrono::minutes(10);
   const auto t0 = Clock::now();
-  auto r = cairn::prov::RunProcess(argv, opts);
+  auto r = cairn::subprocess::RunProcess(argv, opts);
   const double s = Since(t0);
   if (!r || r->exit_code != 0) Die("sha256sum failed");
   if (out != nullptr) *out = r->out;

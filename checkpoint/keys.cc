@@ -3,12 +3,8 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,12 +12,10 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
 #include <utility>
 
 #include "common/io.h"
-
-extern char** environ;
+#include "common/subprocess.h"
 
 namespace cairn::ckpt {
 namespace {
@@ -177,117 +171,27 @@ Result<MasterKey> LoadKeyFromEnv(std::string_view var) {
 Result<MasterKey> LoadKeyFromCommand(const std::string& command,
                                      std::chrono::milliseconds timeout) {
   const std::string what = fmt::format("key command `{}`", command);
-  int out_pipe[2];
-  int err_pipe[2];
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0) return ErrnoError(errno, what + ": pipe");
-  Fd out_r(out_pipe[0]), out_w(out_pipe[1]);
-  if (::pipe2(err_pipe, O_CLOEXEC) != 0) return ErrnoError(errno, what + ": pipe");
-  Fd err_r(err_pipe[0]), err_w(err_pipe[1]);
+  const std::vector<std::string> argv = {"/bin/sh", "-c", command};
+  subprocess::RunOptions options;
+  options.max_stdout_bytes = kMaxCommandOutput;
+  options.max_stderr_bytes = kMaxCommandOutput;
+  options.timeout = timeout;
+  options.secret_output = true;
+  options.name = what;
+  CAIRN_ASSIGN_OR_RETURN(subprocess::RunResult r, subprocess::RunProcess(argv, options));
+  WipedString out{std::move(r.out)};
 
-  posix_spawn_file_actions_t actions;
-  posix_spawnattr_t attr;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawnattr_init(&attr);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out_w.get(), 1);
-  posix_spawn_file_actions_adddup2(&actions, err_w.get(), 2);
-  // Its own process group, so that a timeout kills everything it started.
-  posix_spawnattr_setpgroup(&attr, 0);
-  sigset_t default_signals;
-  sigemptyset(&default_signals);
-  sigaddset(&default_signals, SIGPIPE);
-  posix_spawnattr_setsigdefault(&attr, &default_signals);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF);
-  const char* argv[] = {"sh", "-c", command.c_str(), nullptr};
-  pid_t pid = -1;
-  const int spawn_err =
-      ::posix_spawn(&pid, "/bin/sh", &actions, &attr, const_cast<char* const*>(argv), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  if (spawn_err != 0) return ErrnoError(spawn_err, what + ": spawn /bin/sh");
-  out_w.Close();
-  err_w.Close();
-
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  auto remaining_ms = [&] {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    return std::max<int64_t>(0, left.count());
-  };
-  auto kill_and_reap = [&] {
-    ::kill(-pid, SIGKILL);
-    int status;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-  };
-
-  WipedString out;
-  std::string err;
-  bool out_overflow = false;
-  bool out_open = true, err_open = true;
-  std::array<char, 4096> buf;
-  while (out_open || err_open) {
-    const int64_t left = remaining_ms();
-    if (left == 0) {
-      kill_and_reap();
-      OPENSSL_cleanse(buf.data(), buf.size());
-      return MakeError(Code::kDeadlineExceeded, "{} did not finish within {} ms (killed)", what,
-                       timeout.count());
-    }
-    pollfd fds[2];
-    nfds_t nfds = 0;
-    if (out_open) fds[nfds++] = {out_r.get(), POLLIN, 0};
-    if (err_open) fds[nfds++] = {err_r.get(), POLLIN, 0};
-    const int rc = ::poll(fds, nfds, static_cast<int>(std::min<int64_t>(left, 1000)));
-    if (rc < 0) {
-      if (errno == EINTR) continue;
-      const int e = errno;
-      kill_and_reap();
-      return ErrnoError(e, what + ": poll");
-    }
-    for (nfds_t i = 0; i < nfds; ++i) {
-      if (fds[i].revents == 0) continue;
-      const bool is_out = fds[i].fd == out_r.get();
-      const ssize_t n = ::read(fds[i].fd, buf.data(), buf.size());
-      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (n <= 0) {
-        (is_out ? out_open : err_open) = false;
-        continue;
-      }
-      std::string& dst = is_out ? out.s : err;
-      const std::size_t room = kMaxCommandOutput - std::min(kMaxCommandOutput, dst.size());
-      dst.append(buf.data(), std::min(room, static_cast<std::size_t>(n)));
-      if (is_out && static_cast<std::size_t>(n) > room) out_overflow = true;
-    }
-  }
-  OPENSSL_cleanse(buf.data(), buf.size());
-
-  // Both pipes are closed; wait for the exit, still bounded by the deadline.
-  int status = 0;
-  for (;;) {
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) break;
-    if (r < 0 && errno != EINTR) return ErrnoError(errno, what + ": waitpid");
-    if (remaining_ms() == 0) {
-      kill_and_reap();
-      return MakeError(Code::kDeadlineExceeded, "{} did not finish within {} ms (killed)", what,
-                       timeout.count());
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-
-  std::string_view first_err = Trim(err);
-  first_err = first_err.substr(0, first_err.find('\n'));
+  const std::string first_err = r.ErrFirstLine();
   const std::string err_note = first_err.empty() ? std::string() : fmt::format(": {}", first_err);
-  if (WIFSIGNALED(status)) {
-    return MakeError(Code::kUnavailable, "{} was killed by signal {}{}", what, WTERMSIG(status),
+  if (r.term_signal != 0) {
+    return MakeError(Code::kUnavailable, "{} was killed by signal {}{}", what, r.term_signal,
                      err_note);
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return MakeError(Code::kUnavailable, "{} exited with status {}{}", what, WEXITSTATUS(status),
+  if (r.exit_code != 0) {
+    return MakeError(Code::kUnavailable, "{} exited with status {}{}", what, r.exit_code,
                      err_note);
   }
-  if (out_overflow) {
+  if (r.out_truncated) {
     return MakeError(Code::kInvalidArgument, "{} printed more than {} bytes", what,
                      kMaxCommandOutput);
   }

@@ -58,8 +58,9 @@ Result<MasterKey> LoadKeyFile(const std::string& path);
 // Loads the key from an environment variable; unset or empty: kNotFound.
 Result<MasterKey> LoadKeyFromEnv(std::string_view var = kMasterKeyEnvVar);
 
-// Runs `/bin/sh -c command` (stdin from /dev/null, in its own process group) and takes
-// the key from its standard output (at most 4 KiB). A non-zero exit is kUnavailable
+// Runs `/bin/sh -c command` (common/subprocess.h: stdin from /dev/null, in its own
+// process group, its output wiped from every buffer once read) and takes the key from
+// its standard output (at most 4 KiB). A non-zero exit is kUnavailable
 // with the status and the first line of its stderr; after `timeout` the process group
 // is killed and the result is kDeadlineExceeded.
 Result<MasterKey> LoadKeyFromCommand(const std::string& command,

@@ -1,23 +1,15 @@
 #include "coordinator/slurm_executor.h"
 
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
-#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
-#include <thread>
 
 #include "common/io.h"
-
-extern char** environ;
+#include "common/subprocess.h"
 
 namespace cairn::coord {
 namespace {
@@ -192,128 +184,28 @@ Result<std::string> FindClient(const SlurmExecutorOptions& o, const std::string&
 Result<ClientOutput> RunClient(const SlurmExecutorOptions& o, const std::string& tool,
                                const std::vector<std::string>& args) {
   CAIRN_ASSIGN_OR_RETURN(const std::string path, FindClient(o, tool));
-  int out_pipe[2], err_pipe[2];
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0) return ErrnoError(errno, tool + ": pipe");
-  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
-    const int e = errno;
-    ::close(out_pipe[0]);
-    ::close(out_pipe[1]);
-    return ErrnoError(e, tool + ": pipe");
-  }
-  std::vector<std::string> env_strings;
-  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-    if (!o.slurm_conf.empty() && std::string_view(*e).starts_with("SLURM_CONF=")) continue;
-    env_strings.emplace_back(*e);
-  }
-  if (!o.slurm_conf.empty()) env_strings.push_back("SLURM_CONF=" + o.slurm_conf);
-  std::vector<char*> envp, argv;
-  for (auto& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> argv_strings = {path};
-  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-  for (auto& s : argv_strings) argv.push_back(s.data());
-  argv.push_back(nullptr);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawnattr_t attr;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawnattr_init(&attr);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
-  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
-  posix_spawnattr_setpgroup(&attr, 0);
-  sigset_t defaults, none;
-  sigemptyset(&defaults);
-  sigaddset(&defaults, SIGPIPE);
-  sigaddset(&defaults, SIGCHLD);
-  sigemptyset(&none);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setflags(&attr,
-                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-  pid_t pid = -1;
-  const int spawn_err =
-      ::posix_spawn(&pid, path.c_str(), &actions, &attr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  ::close(out_pipe[1]);
-  ::close(err_pipe[1]);
-  if (spawn_err != 0) {
-    ::close(out_pipe[0]);
-    ::close(err_pipe[0]);
-    return ErrnoError(spawn_err, "spawn " + path);
-  }
-
-  ClientOutput res;
-  const auto deadline = std::chrono::steady_clock::now() + o.timeout;
-  auto left_ms = [&] {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
-                                                                 std::chrono::steady_clock::now())
-        .count();
-  };
-  bool timed_out = false, cut = false;
-  bool out_open = true, err_open = true;
-  std::array<char, 8192> buf;
-  while (out_open || err_open) {
-    const int64_t left = left_ms();
-    if (left <= 0) {
-      timed_out = true;
-      break;
+  std::vector<std::string> argv = {path};
+  argv.insert(argv.end(), args.begin(), args.end());
+  subprocess::RunOptions ro;
+  if (!o.slurm_conf.empty()) ro.env.push_back("SLURM_CONF=" + o.slurm_conf);
+  ro.max_stdout_bytes = kMaxClientOutput;
+  ro.max_stderr_bytes = kMaxClientOutput;
+  ro.timeout = o.timeout;
+  ro.name = tool;
+  auto r = subprocess::RunProcess(argv, ro);
+  if (!r) {
+    if (r.error().code() == Code::kDeadlineExceeded) {
+      return MakeError(Code::kUnavailable,
+                       "{} did not answer within {} ms (killed): slurmctld busy or unreachable",
+                       tool, o.timeout.count());
     }
-    pollfd fds[2];
-    nfds_t n = 0;
-    if (out_open) fds[n++] = {out_pipe[0], POLLIN, 0};
-    if (err_open) fds[n++] = {err_pipe[0], POLLIN, 0};
-    const int rc = ::poll(fds, n, static_cast<int>(std::min<int64_t>(left, 1000)));
-    if (rc < 0 && errno != EINTR) {
-      timed_out = true;  // cannot watch it: end it
-      break;
-    }
-    for (nfds_t i = 0; rc > 0 && i < n; ++i) {
-      if (fds[i].revents == 0) continue;
-      const bool is_out = fds[i].fd == out_pipe[0];
-      const ssize_t got = ::read(fds[i].fd, buf.data(), buf.size());
-      if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (got <= 0) {
-        (is_out ? out_open : err_open) = false;
-        continue;
-      }
-      std::string& dst = is_out ? res.out : res.err;
-      const std::size_t room = kMaxClientOutput - std::min(kMaxClientOutput, dst.size());
-      dst.append(buf.data(), std::min(room, static_cast<std::size_t>(got)));
-      if (static_cast<std::size_t>(got) > room) cut = true;
-    }
+    return std::unexpected(std::move(r).error());
   }
-  ::close(out_pipe[0]);
-  ::close(err_pipe[0]);
-  // Out of time: kill its group. Otherwise its output is closed and it exits at once, or
-  // is killed when the rest of the timeout runs out.
-  if (timed_out) ::kill(-pid, SIGKILL);
-  int status = 0;
-  for (;;) {
-    const pid_t w = ::waitpid(pid, &status, timed_out ? 0 : WNOHANG);
-    if (w == pid) break;
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    if (left_ms() <= 0) {  // still running
-      timed_out = true;
-      ::kill(-pid, SIGKILL);
-      continue;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  if (timed_out) {
-    return MakeError(Code::kUnavailable,
-                     "{} did not answer within {} ms (killed): slurmctld busy or unreachable", tool,
-                     o.timeout.count());
-  }
-  if (cut) {
+  if (r->out_truncated || r->err_truncated) {
     return MakeError(Code::kInternal, "{} printed more than {} bytes", tool, kMaxClientOutput);
   }
-  res.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return res;
+  return ClientOutput{.exit_code = r->exit_code, .out = std::move(r->out),
+                      .err = std::move(r->err)};
 }
 
 // An error for a client that failed: kUnavailable when slurmctld is out of reach.

@@ -3,10 +3,12 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <functional>
 #include <string_view>
 #include <vector>
 
-#include "provenance/subprocess.h"
+#include "checkpoint/crypto.h"
+#include "common/subprocess.h"
 
 namespace cairn::prov {
 namespace {
@@ -21,21 +23,25 @@ class Git {
   Git(const std::string& workdir, const CodeOptions& options)
       : workdir_(workdir), options_(options) {}
 
-  // Runs `git -C workdir args...`; keeps up to max_stdout bytes of its output.
-  Result<RunResult> Run(std::vector<std::string> args, uint64_t max_stdout = 1 << 20) const {
+  // Runs `git -C workdir args...`; keeps up to max_stdout bytes of its output and hands
+  // all of it to `on_stdout` when given.
+  Result<subprocess::RunResult> Run(
+      std::vector<std::string> args, uint64_t max_stdout = 1 << 20,
+      std::function<void(std::string_view)> on_stdout = nullptr) const {
     std::vector<std::string> argv = {options_.git, "-C", workdir_};
     argv.insert(argv.end(), args.begin(), args.end());
-    RunOptions ro;
+    subprocess::RunOptions ro;
     ro.env = {"LC_ALL=C", "GIT_OPTIONAL_LOCKS=0", "GIT_TERMINAL_PROMPT=0", "GIT_PAGER=cat"};
     ro.max_stdout_bytes = max_stdout;
     ro.timeout = options_.timeout;
-    return RunProcess(argv, ro);
+    ro.on_stdout = std::move(on_stdout);
+    return subprocess::RunProcess(argv, ro);
   }
 
   // Runs a command that must succeed; returns its output without the final newline.
   Result<std::string> Output(std::vector<std::string> args) const {
     const std::string what = "git " + args.front();
-    CAIRN_ASSIGN_OR_RETURN(RunResult r, Run(std::move(args)));
+    CAIRN_ASSIGN_OR_RETURN(subprocess::RunResult r, Run(std::move(args)));
     if (r.exit_code != 0) {
       return MakeError(Code::kFailedPrecondition, "{} in {} failed: {}", what, workdir_,
                        r.ErrSummary());
@@ -46,7 +52,7 @@ class Git {
   // Runs a command whose exit status 1 means "none" (an empty result).
   Result<std::string> OptionalOutput(std::vector<std::string> args) const {
     const std::string what = "git " + args.front();
-    CAIRN_ASSIGN_OR_RETURN(RunResult r, Run(std::move(args)));
+    CAIRN_ASSIGN_OR_RETURN(subprocess::RunResult r, Run(std::move(args)));
     if (r.exit_code == 1) return std::string();
     if (r.exit_code != 0) {
       return MakeError(Code::kFailedPrecondition, "{} in {} failed: {}", what, workdir_,
@@ -109,24 +115,28 @@ Result<proto::CodeVersion> DescribeCode(const std::string& workdir, const CodeOp
   if (base.empty()) {  // no commit yet: everything staged is a change against nothing
     CAIRN_ASSIGN_OR_RETURN(base, git.Output({"hash-object", "-t", "tree", "/dev/null"}));
   }
+  // The digest covers the whole diff, also one too large to keep.
+  ckpt::Sha256 diff_hash;
   CAIRN_ASSIGN_OR_RETURN(
-      RunResult diff, git.Run({"-c", "core.quotePath=true", "diff", base, "--binary", "--no-color",
-                               "--no-ext-diff", "--no-textconv", "--no-renames", "--no-relative",
-                               "--src-prefix=a/", "--dst-prefix=b/", "--"},
-                              options.max_diff_bytes));
+      subprocess::RunResult diff,
+      git.Run({"-c", "core.quotePath=true", "diff", base, "--binary", "--no-color",
+               "--no-ext-diff", "--no-textconv", "--no-renames", "--no-relative", "--src-prefix=a/",
+               "--dst-prefix=b/", "--"},
+              options.max_diff_bytes, [&](std::string_view chunk) { diff_hash.Update(chunk); }));
   if (diff.exit_code != 0) {
     return MakeError(Code::kFailedPrecondition, "git diff in {} failed: {}", workdir,
                      diff.ErrSummary());
   }
   cv.set_diff_size(diff.out_size);
-  cv.set_diff_sha256(std::string(diff.out_sha256.begin(), diff.out_sha256.end()));
+  const ckpt::Digest diff_sha256 = diff_hash.Finish();
+  cv.set_diff_sha256(std::string(diff_sha256.begin(), diff_sha256.end()));
   cv.set_diff_too_large(diff.out_truncated);
   if (!diff.out_truncated) cv.set_diff(std::move(diff.out));
 
   // Without -z and with core.quotePath on, git C-quotes names with unusual bytes, so
   // every listed path is ASCII (a proto string must be valid UTF-8). ":/" and
   // --full-name: the whole work tree, relative to its top, from any subdirectory.
-  CAIRN_ASSIGN_OR_RETURN(RunResult untracked,
+  CAIRN_ASSIGN_OR_RETURN(subprocess::RunResult untracked,
                          git.Run({"-c", "core.quotePath=true", "ls-files", "--others",
                                   "--exclude-standard", "--full-name", "--", ":/"},
                                  options.max_untracked_bytes));

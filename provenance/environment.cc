@@ -16,7 +16,7 @@
 
 #include "cairn/version.h"
 #include "common/io.h"
-#include "provenance/subprocess.h"
+#include "common/subprocess.h"
 
 // Headers of libraries cairn is built with, for their version macros only (nothing here
 // links against them). Open MPI's C++ bindings are not wanted.
@@ -197,9 +197,9 @@ Result<proto::EnvironmentInfo> DescribeEnvironment(const EnvironmentOptions& opt
     const std::vector<std::string> argv = {
         options.nvidia_smi, "--query-gpu=index,name,memory.total,uuid,driver_version",
         "--format=csv,noheader,nounits"};
-    RunOptions ro;
+    subprocess::RunOptions ro;
     ro.timeout = options.timeout;
-    auto r = RunProcess(argv, ro);
+    auto r = subprocess::RunProcess(argv, ro);
     if (!r) {
       // Not installed: a machine without NVIDIA GPUs, nothing to note.
       if (r.error().code() != Code::kNotFound) env.add_notes(r.error().ToString());

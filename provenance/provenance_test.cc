@@ -16,13 +16,13 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/crypto.h"
+#include "common/subprocess.h"
 #include "provenance/attestation.h"
 #include "provenance/code.h"
 #include "provenance/digest.h"
 #include "provenance/dsse.h"
 #include "provenance/environment.h"
 #include "provenance/record.h"
-#include "provenance/subprocess.h"
 
 namespace cairn::prov {
 namespace {
@@ -83,47 +83,14 @@ std::string FromHex(std::string_view hex) {
   return out;
 }
 
-RunResult Sh(const std::string& script) {
+subprocess::RunResult Sh(const std::string& script) {
   const std::vector<std::string> argv = {"/bin/sh", "-c", script};
-  RunOptions opts;
+  subprocess::RunOptions opts;
   opts.max_stdout_bytes = 64 << 20;
-  auto r = RunProcess(argv, opts);
+  auto r = subprocess::RunProcess(argv, opts);
   EXPECT_TRUE(r.has_value()) << r.error().ToString();
   EXPECT_EQ(r->exit_code, 0) << script << ": " << r->err;
   return *r;
-}
-
-// --- subprocess ----------------------------------------------------------------------
-
-TEST(SubprocessTest, CapturesOutputExitStatusAndDigestBeyondTheLimit) {
-  const std::vector<std::string> argv = {"/bin/sh", "-c",
-                                         "printf 'hello world'; echo oops >&2; exit 3"};
-  RunOptions opts;
-  opts.max_stdout_bytes = 5;
-  auto r = RunProcess(argv, opts);
-  ASSERT_TRUE(r.has_value()) << r.error().ToString();
-  EXPECT_EQ(r->exit_code, 3);
-  EXPECT_EQ(r->out, "hello");
-  EXPECT_EQ(r->out_size, 11u);
-  EXPECT_TRUE(r->out_truncated);
-  EXPECT_EQ(r->out_sha256, Sha("hello world"));
-  EXPECT_EQ(r->ErrSummary(), "oops");
-}
-
-TEST(SubprocessTest, MissingProgramIsNotFoundAndHangIsKilled) {
-  const std::vector<std::string> missing = {"cairn-no-such-program-here"};
-  auto r = RunProcess(missing);
-  ASSERT_FALSE(r.has_value());
-  EXPECT_EQ(r.error().code(), Code::kNotFound);
-
-  const std::vector<std::string> hang = {"sleep", "30"};
-  RunOptions opts;
-  opts.timeout = std::chrono::milliseconds(200);
-  const auto t0 = std::chrono::steady_clock::now();
-  auto h = RunProcess(hang, opts);
-  ASSERT_FALSE(h.has_value());
-  EXPECT_EQ(h.error().code(), Code::kDeadlineExceeded);
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
 }
 
 // --- digest: files and manifests ---------------------------------------------------------
@@ -211,7 +178,7 @@ TEST(DigestTest, DirectoryManifestIsSortedBytewiseAndMatchesSha256sum) {
   EXPECT_THAT(manifest, HasSubstr("\\" + Hex(Sha("nl")) + "  new\\nline\n"));
 
   // The documented shell pipeline gives the same manifest, byte for byte.
-  const RunResult r = Sh("cd '" + root +
+  const subprocess::RunResult r = Sh("cd '" + root +
                          "' && find -L . -type f -printf '%P\\0' | LC_ALL=C sort -z | "
                          "xargs -0 sha256sum");
   EXPECT_EQ(r.out, manifest);
@@ -458,9 +425,9 @@ void Git(const std::string& dir, std::vector<std::string> args) {
                                    "-c",
                                    "commit.gpgsign=false"};
   argv.insert(argv.end(), args.begin(), args.end());
-  RunOptions opts;
+  subprocess::RunOptions opts;
   opts.env = {"GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null"};
-  auto r = RunProcess(argv, opts);
+  auto r = subprocess::RunProcess(argv, opts);
   ASSERT_TRUE(r.has_value()) << r.error().ToString();
   ASSERT_EQ(r->exit_code, 0) << r->err;
 }
@@ -468,7 +435,7 @@ void Git(const std::string& dir, std::vector<std::string> args) {
 std::string GitOut(const std::string& dir, std::vector<std::string> args) {
   std::vector<std::string> argv = {"git", "-C", dir};
   argv.insert(argv.end(), args.begin(), args.end());
-  auto r = RunProcess(argv);
+  auto r = subprocess::RunProcess(argv);
   EXPECT_TRUE(r.has_value());
   std::string out = r->out;
   while (!out.empty() && out.back() == '\n') out.pop_back();
@@ -539,7 +506,7 @@ TEST(CodeTest, CleanAndDirtyRepository) {
             std::string(reinterpret_cast<const char*>(Sha(dirty->diff()).data()), 32));
   EXPECT_THAT(dirty->untracked(), ElementsAre("notes.txt"));
   // The diff is the one `git diff HEAD --binary` prints.
-  const RunResult plain = Sh("cd '" + repo + "' && git diff HEAD --binary --no-color");
+  const subprocess::RunResult plain = Sh("cd '" + repo + "' && git diff HEAD --binary --no-color");
   EXPECT_EQ(dirty->diff(), plain.out);
 
   // From a subdirectory: the same diff and the whole tree's untracked files.
