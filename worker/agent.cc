@@ -150,13 +150,12 @@ proto::HeartbeatRequest Agent::Report(uint32_t wait_ms) {
                           .count());
   hb.set_orders_version(orders_version_);
   hb.set_wait_ms(wait_ms);
-  for (const auto& [id, run] : runs_) {
   const auto now = std::chrono::steady_clock::now();
+  for (const auto& [id, run] : runs_) {
     auto* r = hb.add_runs();
     r->set_run_id(id);
     r->set_launch_error(run.launch_error);
     bool active = !run.started && run.launch_error.empty() && !run.stopping;
-    for (const auto& p : run.procs) {
     // Logs before exits: while output of an exited process is still on its way to
     // cairnd (shipped logs), its exit waits, up to kHoldExitForLogs, so that whoever
     // sees the job end also finds its last lines.
@@ -169,6 +168,7 @@ proto::HeartbeatRequest Agent::Report(uint32_t wait_ms) {
     } else {
       exit_held_since_.erase(id);
     }
+    for (const auto& p : run.procs) {
       auto* ps = r->add_processes();
       ps->set_name(p.name);
       ps->set_pid(p.pid);
@@ -195,8 +195,8 @@ proto::HeartbeatRequest Agent::Report(uint32_t wait_ms) {
     r->set_launch_error("stopped by the agent: no contact with cairnd for longer than the "
                         "node timeout");
   }
-  return hb;
   shipper_.Collect(&hb);
+  return hb;
 }
 
 void Agent::ApplyOrders(const proto::HeartbeatReply& reply) {
@@ -289,8 +289,8 @@ bool Agent::Start(LocalRun& run) {
   const std::string logs = LogDir(o);
   std::error_code ec;
   fs::create_directories(logs, ec);
-  std::vector<std::string> env = BaseEnv(o);
   shipper_.Track(o.job_id(), o.attempt());
+  std::vector<std::string> env = BaseEnv(o);
   auto fail = [&](const Error& e) {
     run.launch_error = e.ToString();
     Log()->error("run {}: {}", o.run_id(), run.launch_error);
@@ -308,8 +308,6 @@ bool Agent::Start(LocalRun& run) {
     argv.insert(argv.end(), {"--host", hosts, "--mca", "plm_rsh_agent", config_.rsh_path, "--mca",
                              "plm_rsh_no_tree_spawn", "1", "--mca", "routed", "direct",
                              "--output-filename", logs, "--merge-stderr-to-stdout"});
-    std::string hosts;
-    for (const auto& h : o.hosts()) hosts += (hosts.empty() ? "" : ",") + h.node_id();
     std::vector<std::string> forward = {"CAIRN_RUN_ID", "CAIRN_JOB_ID", "CAIRN_ATTEMPT"};
     if (!o.expected_head().empty()) forward.push_back("CAIRN_EXPECTED_HEAD");
     if (!o.provenance_digest().empty()) forward.push_back("CAIRN_PROVENANCE_DIGEST");
@@ -518,7 +516,6 @@ bool Agent::Step() {
             if (p.pid == e.pid && p.running) {
               p.running = false;
               p.exit_code = e.exit_code;
-      shipper_.Untrack(run.order.job_id(), run.order.attempt());
               p.signal = e.signal;
             }
           }
@@ -532,6 +529,7 @@ bool Agent::Step() {
       }
     }
     if (run.killed && !run.in_orders) {
+      shipper_.Untrack(run.order.job_id(), run.order.attempt());
       finished_.insert(it->first);
       it = runs_.erase(it);
       changed = true;

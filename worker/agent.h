@@ -16,19 +16,19 @@
 // gone. Rank progress datagrams (runtime/progress.h) are kept per rank and reported.
 // Logs: <state dir>/logs/<job>/attempt-<n>/ rank-<r>.log (env), mpirun.log,
 // orted-<node>.log and rank.<r>/stdout (mpi, written by mpirun's output forwarding).
-//
-// Threading: Report(), ApplyOrders() and Fence() may be called from any thread;
 // When cairnd does not share the node's state directory, the new bytes of these files
 // travel with the heartbeats (log_shipper.h), and an exit is reported once the output
 // before it has been delivered (waiting at most 10 s), so the job's end never comes
 // before its last lines.
+//
+// Threading: Report(), ApplyOrders() and Fence() may be called from any thread;
 // Step() from the one thread that owns the Supervisor (it spawns and kills). A mutex
 // guards the shared state.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
-#include <chrono>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -38,9 +38,9 @@
 #include "common/status.h"
 #include "proto/cairn.pb.h"
 #include "worker/gpus.h"
+#include "worker/log_shipper.h"
 #include "worker/supervisor.h"
 
-#include "worker/log_shipper.h"
 namespace cairn::worker {
 
 struct AgentConfig {
@@ -77,11 +77,11 @@ class Agent {
   // Stops every run (agent shutdown), each within its grace.
   void StopAll(std::chrono::milliseconds grace);
   std::size_t live_runs();
-
- private:
   // The runs' log files, for cairnd when it does not share this node's state directory
   // (Report adds their new bytes; the caller marks them Delivered once answered).
   LogShipper& log_shipper() { return shipper_; }
+
+ private:
   struct Proc {
     pid_t pid = 0;
     std::string name;
@@ -133,9 +133,9 @@ class Agent {
   std::map<std::string, proto::LaunchOrder> orders_;  // by run id
   std::map<std::string, LocalRun> runs_;              // by run id
   std::set<std::string> finished_;                    // run ids never to start again
-};
-
   LogShipper shipper_;
   static constexpr std::chrono::seconds kHoldExitForLogs{10};
   std::map<std::string, std::chrono::steady_clock::time_point> exit_held_since_;  // by run id
+};
+
 }  // namespace cairn::worker
