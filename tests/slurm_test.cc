@@ -8,7 +8,8 @@
 //     the limit finishes through requeues, each start resuming at the exact step the
 //     previous one saved at (no step lost), with the same weights;
 //   - cairn-agents.sbatch runs cairnd and an agent inside the allocation and a cairn job
-//     to success;
+//     to success (the template sets nothing for Open MPI: the agent's mpirun keeps to
+//     cairn-rsh and the agent's hosts by itself);
 //   - stopping the cluster leaves no daemon and no job process (checked in /proc).
 // Skips without root or without the SLURM packages. The cluster is started once for the
 // suite and stopped at its end, also when a test fails (a guard object); a cluster left by

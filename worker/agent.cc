@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "common/log.h"
+#include "worker/mpirun_command.h"
 
 extern char** environ;
 
@@ -298,29 +299,17 @@ bool Agent::Start(LocalRun& run) {
   };
   if (o.spec().launcher() == "mpi") {
     if (!o.head()) return false;  // its daemon comes through an Exec order
-    std::vector<std::string> argv = {"mpirun", "-np", std::to_string(o.world_size()),
-                                     "--oversubscribe", "--bind-to", "none"};
-    if (::geteuid() == 0) argv.push_back("--allow-run-as-root");
-    std::string hosts;
-    for (const auto& h : o.hosts()) {
-      hosts += fmt::format("{}{}:{}", hosts.empty() ? "" : ",", h.node_id(), h.slots());
-    }
-    argv.insert(argv.end(), {"--host", hosts, "--mca", "plm_rsh_agent", config_.rsh_path, "--mca",
-                             "plm_rsh_no_tree_spawn", "1", "--mca", "routed", "direct",
-                             "--output-filename", logs, "--merge-stderr-to-stdout"});
-    std::vector<std::string> forward = {"CAIRN_RUN_ID", "CAIRN_JOB_ID", "CAIRN_ATTEMPT"};
-    if (!o.expected_head().empty()) forward.push_back("CAIRN_EXPECTED_HEAD");
-    if (!o.provenance_digest().empty()) forward.push_back("CAIRN_PROVENANCE_DIGEST");
-    if (!o.spec().checkpoint_dir().empty()) forward.push_back("CAIRN_CKPT_DIR");
-    for (const auto& [k, v] : o.spec().env()) forward.push_back(k);
-    for (const auto& k : forward) argv.insert(argv.end(), {"-x", k});
-    argv.insert(argv.end(), o.spec().command().begin(), o.spec().command().end());
+    // Also inside a SLURM allocation: cairn-rsh and the gang's hosts (mpirun_command.h).
+    const std::vector<std::string> argv =
+        MpirunArgv(o, config_.rsh_path, logs, /*as_root=*/::geteuid() == 0);
     Set(env, "CAIRN_RSH_RUN", o.run_id());
     SetOpenMpiEnv(env, o, config_.state_dir, config_.node_id + "/mpirun", /*mpirun=*/true);
     ProcessSpec spec{argv, env, o.spec().workdir(), logs + "/mpirun.log", o.run_id()};
     auto pid = sup_->Spawn(spec);
     if (!pid) return fail(pid.error());
     run.procs.push_back(Proc{*pid, "mpirun", -1, true});
+    std::string hosts;
+    for (const auto& h : o.hosts()) hosts += (hosts.empty() ? "" : ",") + h.node_id();
     Log()->info("run {}: mpirun (pid {}) for {} ranks on {}", o.run_id(), *pid, o.world_size(),
                 hosts);
     return true;

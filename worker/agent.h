@@ -9,7 +9,9 @@
 // and CUDA_VISIBLE_DEVICES (the node's PCI-order indices of the GPUs cairnd assigned,
 // with CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA numbers them alike); in `mpi` mode the gang's first node runs mpirun over every
 // node of the gang, with cairn-rsh as its remote shell, so the Open MPI daemon of each
-// node is started by that node's agent (Exec orders) and supervised like a rank. A run
+// node is started by that node's agent (Exec orders) and supervised like a rank; also
+// when the agent itself runs inside a SLURM job, mpirun neither launches its daemons
+// with srun nor takes its hosts from the allocation (worker/mpirun_command.h). A run
 // that leaves the orders, or is ordered to stop, is stopped as a whole process tree:
 // SIGTERM, the grace period, SIGKILL, and a check that nothing of it is left. A new
 // attempt of a job waits until every process of its previous attempt on this node is
