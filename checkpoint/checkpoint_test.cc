@@ -258,6 +258,18 @@ TEST(CheckpointTest, AsyncSaveSnapshotsAndBoundsInflight) {
     ASSERT_TRUE(shard.has_value());
     EXPECT_EQ(ReadAll(**shard, "weights"), saved[step - 1]) << "step " << step;
   }
+  // Every commit is listed, oldest first, with the digest its handle reported: a caller
+  // that looked at head() only after the flush has missed steps 1-5.
+  auto all = (*w)->CommittedAfter(0);
+  ASSERT_EQ(all.size(), 6u);
+  for (uint64_t step = 1; step <= 6; ++step) {
+    EXPECT_EQ(all[step - 1].step, step);
+    EXPECT_EQ(all[step - 1].digest, handles[step - 1].Wait()->manifest_digest);
+  }
+  auto later = (*w)->CommittedAfter(4);
+  ASSERT_EQ(later.size(), 2u);
+  EXPECT_EQ(later[0].step, 5u);
+  EXPECT_TRUE((*w)->CommittedAfter(6).empty());
 }
 
 TEST(CheckpointTest, AsyncErrorIsReportedThroughHandleAndFlush) {

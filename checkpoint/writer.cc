@@ -157,6 +157,15 @@ std::optional<HeadRecord> CheckpointWriter::head() const {
   return head_;
 }
 
+std::vector<HeadRecord> CheckpointWriter::CommittedAfter(uint64_t step) const {
+  std::lock_guard lock(mu_);
+  std::vector<HeadRecord> out;
+  for (const HeadRecord& h : recent_commits_) {
+    if (h.step > step) out.push_back(h);
+  }
+  return out;
+}
+
 Status CheckpointWriter::CheckStep(uint64_t step) {
   std::lock_guard lock(mu_);
   if (last_step_ && step <= *last_step_) {
@@ -283,6 +292,8 @@ Result<CommitInfo> CheckpointWriter::Commit(uint64_t step, std::span<const Tenso
       {
         std::lock_guard lock(mu_);
         head_ = HeadRecord{digest, step};
+        recent_commits_.push_back(*head_);
+        if (recent_commits_.size() > kRecentCommits) recent_commits_.pop_front();
       }
       // The manifest is durable: the step is committed even if HEAD cannot be updated
       // (readers accept a manifest that chains from HEAD; the next commit rewrites it).
@@ -312,6 +323,8 @@ Result<CommitInfo> CheckpointWriter::Commit(uint64_t step, std::span<const Tenso
   if (rank != 0) {
     std::lock_guard lock(mu_);
     head_ = HeadRecord{info.manifest_digest, step};
+    recent_commits_.push_back(*head_);
+    if (recent_commits_.size() > kRecentCommits) recent_commits_.pop_front();
   }
   log->debug("committed step {} rank {} ({} bytes)", step, rank, info.bytes_written);
   // The step is durable on every rank; older shards go off the critical path.

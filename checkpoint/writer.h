@@ -131,6 +131,10 @@ class CheckpointWriter {
 
   // Digest and step of the newest committed manifest (what the coordinator should hold).
   std::optional<HeadRecord> head() const;
+  // The manifests this writer committed after `step`, oldest first (the last
+  // kRecentCommits of them): what a caller that polls head() now and then has missed.
+  std::vector<HeadRecord> CommittedAfter(uint64_t step) const;
+  static constexpr std::size_t kRecentCommits = 64;
   uint32_t rank() const { return agreement_->rank(); }
   uint32_t world_size() const { return agreement_->size(); }
 
@@ -156,6 +160,7 @@ class CheckpointWriter {
   std::condition_variable cv_;
   // State below is protected by mu_.
   std::optional<HeadRecord> head_;
+  std::deque<HeadRecord> recent_commits_;  // oldest first, at most kRecentCommits
   std::optional<uint64_t> last_step_;
   std::deque<std::unique_ptr<Job>> queue_;
   std::vector<std::unique_ptr<Snapshot>> free_snapshots_;

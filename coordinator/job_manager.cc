@@ -530,6 +530,13 @@ void JobManager::OnReport(const proto::HeartbeatRequest& hb) {
         if (auto s = store_->SetCheckpointHead(run.job_id, p.ckpt_step(), p.ckpt_head()); !s) {
           Log()->error("job {}: checkpoint head: {}", run.job_id, s.error().ToString());
         } else {
+          // Heads committed since the last one seen here (several can commit between two
+          // heartbeats) are attested too, oldest first; the newest is the job's head.
+          for (const auto& h : p.recent_heads()) {
+            if (h.step() > run.head_step && h.step() < p.ckpt_step() && !h.head().empty()) {
+              Attest(run, h.step(), h.head(), false);
+            }
+          }
           run.head_step = p.ckpt_step();
           Attest(run, p.ckpt_step(), p.ckpt_head(), false);
         }

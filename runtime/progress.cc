@@ -77,6 +77,11 @@ bool ProgressReporter::Send(uint64_t step, double loss, double samples_per_secon
   msg.set_exit_code(exit_code_);
   if (!resumed_from_.empty()) msg.set_resumed_from(resumed_from_);
   if (!ckpt_dir_.empty()) msg.set_ckpt_dir(ckpt_dir_);
+  for (const auto& [step, head] : recent_) {
+    auto* h = msg.add_recent_heads();
+    h->set_step(step);
+    h->set_head(head);
+  }
   if (ckpt_step_ > 0) {
     msg.set_ckpt_step(ckpt_step_);
     msg.set_ckpt_head(ckpt_head_);

@@ -12,7 +12,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <string>
+#include <utility>
 
 namespace cairn::rt {
 
@@ -31,11 +33,17 @@ class ProgressReporter {
   // instead of waiting for the launcher to notice.
   void ReportExit(int exit_code);
   // The newest durable checkpoint (step, manifest digest in hex), carried by every later
-  // report so the orchestrator can hand it to the next attempt (rollback detection).
+  // report so the orchestrator can hand it to the next attempt (rollback detection);
+  // the last kRecentHeads of them travel too, so that each one is attested even when
+  // several commit between two of the agent's heartbeats.
   void SetCheckpoint(uint64_t step, std::string head_hex) {
     ckpt_step_ = step;
     ckpt_head_ = std::move(head_hex);
+    if (!recent_.empty() && recent_.back().first == step) recent_.pop_back();
+    recent_.emplace_back(step, ckpt_head_);
+    if (recent_.size() > kRecentHeads) recent_.pop_front();
   }
+  static constexpr std::size_t kRecentHeads = 16;
   // The checkpoint this attempt resumed from (manifest digest, hex), carried by every
   // later report: the orchestrator records it as the attempt's provenance.
   void SetResumedFrom(std::string manifest_hex) { resumed_from_ = std::move(manifest_hex); }
@@ -63,6 +71,7 @@ class ProgressReporter {
   bool exiting_ = false;
   int exit_code_ = 0;
   std::string ckpt_head_;
+  std::deque<std::pair<uint64_t, std::string>> recent_;  // (step, head), oldest first
   std::string resumed_from_;
   std::string ckpt_dir_;
 };

@@ -240,5 +240,40 @@ TEST(Progress, DatagramsReachTheSocketAndAbsenceIsHarmless) {
   EXPECT_EQ(off.sent() + off.dropped(), 0u);
 }
 
+// Every report carries the last checkpoint heads, oldest first, so that heads committed
+// between two of the agent's heartbeats all reach cairnd.
+TEST(Progress, ReportsCarryTheRecentCheckpointHeads) {
+  std::string path = (std::filesystem::temp_directory_path() /
+                      ("cairn_progress_" + io::RandomSuffix() + ".sock")).string();
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  timeval tv{2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ProgressReporter rep(path, "run-8", 0);
+  const std::size_t n_heads = ProgressReporter::kRecentHeads + 4;
+  for (std::size_t i = 1; i <= n_heads; ++i) rep.SetCheckpoint(i * 10, "h" + std::to_string(i));
+  rep.SetCheckpoint(n_heads * 10, "h-last");  // the same step again replaces, not adds
+  rep.Report(n_heads * 10, 0.1, 1.0);
+  char buf[8192];
+  ssize_t n = recv(fd, buf, sizeof(buf), 0);
+  ASSERT_GT(n, 0);
+  cairn::proto::RankProgress msg;
+  ASSERT_TRUE(msg.ParseFromArray(buf, static_cast<int>(n)));
+  ASSERT_EQ(static_cast<std::size_t>(msg.recent_heads_size()), ProgressReporter::kRecentHeads);
+  EXPECT_EQ(msg.recent_heads(0).step(), (n_heads - ProgressReporter::kRecentHeads + 1) * 10);
+  for (int i = 1; i < msg.recent_heads_size(); ++i) {
+    EXPECT_EQ(msg.recent_heads(i).step(), msg.recent_heads(i - 1).step() + 10);
+  }
+  EXPECT_EQ(msg.recent_heads(msg.recent_heads_size() - 1).head(), "h-last");
+  EXPECT_EQ(msg.ckpt_step(), n_heads * 10);
+  EXPECT_EQ(msg.ckpt_head(), "h-last");
+  close(fd);
+  unlink(path.c_str());
+}
+
 }  // namespace
 }  // namespace cairn::rt

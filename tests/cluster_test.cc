@@ -222,7 +222,7 @@ TEST_F(ClusterTest, ProvenanceRecordsCodeAndInputsSignsCheckpointsAndRefusesChan
     auto r = Cli({"submit", "--ranks", "2", "--launcher", "mpi", "--name", name, "--workdir",
                   repo.string(), "--max-restarts", "0", "--input", "data:" + data.string(),
                   "--input", "data:" + pinned_file + "@" + pin, "--", "cairn-fmnist",
-                  "--data-dir", data.string(), "--steps", "40", "--ckpt-every", "20",
+                  "--data-dir", data.string(), "--steps", "40", "--ckpt-every", "4",
                   "--key-file", key_, "--ckpt-dir", (dir_ / name).string()});
     return testing::JobIdOf(r);
   };
@@ -245,6 +245,14 @@ TEST_F(ClusterTest, ProvenanceRecordsCodeAndInputsSignsCheckpointsAndRefusesChan
     if (a["name"] == "final") final_envelope = a["path"];
   }
   ASSERT_FALSE(final_envelope.empty()) << l.dump(1);
+  // Every checkpoint (steps 4, 8, ..., 40: several commit between two heartbeats) is
+  // attested.
+  std::set<std::string> attested;
+  for (const auto& a : l["attestations"]) attested.insert(a.value("name", std::string()));
+  for (int step = 4; step <= 40; step += 4) {
+    EXPECT_TRUE(attested.contains(fmt::format("checkpoint step {}", step)))
+        << "step " << step << " not attested: " << l.dump(1);
+  }
   const auto statement = StatementOf(final_envelope);
   ASSERT_NE(CodeDependency(statement), nullptr) << statement.dump(1);
   EXPECT_EQ((*CodeDependency(statement))["annotations"]["dirty"], false);

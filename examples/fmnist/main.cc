@@ -711,9 +711,10 @@ Result<int> Trainer::Run() {
     const double dt = std::chrono::duration<double>(now - t_last).count();
     t_last = now;
     if (writer_ && comm_->rank() == 0) {
-      if (auto head = writer_->head(); head && head->step != reported_ckpt_step_) {
-        reported_ckpt_step_ = head->step;
-        progress_.SetCheckpoint(head->step, Hex(head->digest));
+      // Every commit since the last report (async saves can land several at once).
+      for (const auto& head : writer_->CommittedAfter(reported_ckpt_step_)) {
+        reported_ckpt_step_ = head.step;
+        progress_.SetCheckpoint(head.step, Hex(head.digest));
       }
     }
     progress_.Report(state_.step, state_.epoch_loss / static_cast<double>(state_.epoch_steps),
@@ -755,7 +756,12 @@ Result<int> Trainer::Run() {
     if (auto head = writer_->head(); head && comm_->rank() == 0) {
       log::Logger("fmnist")->info("checkpoint head: step {} manifest {}", head->step,
                                   Hex(head->digest));
-      // The final head, for the orchestrator (the next attempt must find it).
+      // The final head, for the orchestrator (the next attempt must find it), after the
+      // commits it has not heard of yet.
+      for (const auto& h : writer_->CommittedAfter(reported_ckpt_step_)) {
+        reported_ckpt_step_ = h.step;
+        progress_.SetCheckpoint(h.step, Hex(h.digest));
+      }
       progress_.SetCheckpoint(head->step, Hex(head->digest));
       progress_.Report(state_.step, 0.0, 0.0);
     }
