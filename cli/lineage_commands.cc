@@ -262,7 +262,23 @@ void VerifyJob(const proto::GetLineageReply& l, const std::string& state_dir, Ch
                          Short(st->spec_sha256), Short(*spec_hex)));
       good = false;
     }
-    if (good) c.Ok(fmt::format("{}: signature by {} and digests hold", what, Short(key->keyid())));
+    // The executor job the attempt ran as (SLURM): the signed id is the one stored.
+    std::string stored_job;
+    for (const auto& run : js.runs()) {
+      if (run.attempt() == at.attempt()) stored_job = run.executor_job_id();
+    }
+    if (st->executor_job_id != stored_job) {
+      auto name = [](const std::string& id) {
+        return id.empty() ? std::string("no SLURM job") : "SLURM job " + id;
+      };
+      c.Fail(fmt::format("{}: signed for {}, but attempt {} is recorded as {}", what,
+                         name(st->executor_job_id), at.attempt(), name(stored_job)));
+      good = false;
+    }
+    if (good) {
+      c.Ok(fmt::format("{}: signature by {} and digests hold{}", what, Short(key->keyid()),
+                       stored_job.empty() ? "" : ", SLURM job " + stored_job));
+    }
     // The checkpoint itself.
     if (auto s = steps.find(at.step()); s == steps.end()) {
       c.Note(fmt::format("{}: step {} is no longer in {} (retention)", what, at.step(), ckpt_dir));

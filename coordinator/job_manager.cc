@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/store.h"
 #include "common/io.h"
 #include "common/log.h"
 
@@ -11,6 +12,33 @@ namespace cairn::coord {
 namespace {
 
 auto Log() { return log::Logger("coordinator"); }
+
+// The checkpoints in `dir` that the attempt with record `record_hex` committed (their
+// manifests bind that record), ascending by step, in a chain anchored at `anchor_hex` (the
+// head the attempt was handed; empty: the HEAD file); empty when the directory has none
+// of them. Blocks.
+Result<std::vector<ckpt::HeadRecord>> AttemptCheckpoints(const std::string& dir,
+                                                         const std::string& anchor_hex,
+                                                         const std::string& record_hex) {
+  CAIRN_ASSIGN_OR_RETURN(const ckpt::Digest record, ckpt::DigestFromHex(record_hex));
+  ckpt::ScanOptions so;
+  if (!anchor_hex.empty()) {
+    CAIRN_ASSIGN_OR_RETURN(so.expected_head, ckpt::DigestFromHex(anchor_hex));
+  }
+  std::vector<ckpt::HeadRecord> out;
+  auto scan = ckpt::ScanChain(io::DefaultFileSystem(), dir, so);
+  if (!scan && scan.error().code() == Code::kNotFound) return out;  // none yet
+  if (!scan) return std::unexpected(std::move(scan).error());
+  if (!scan->ok()) {
+    return MakeError(Code::kDataLoss, "checkpoint directory {}: {}", dir, scan->problems.front());
+  }
+  for (const auto& step : scan->steps) {
+    if (step.manifest.provenance_digest == record) {
+      out.push_back(ckpt::HeadRecord{.digest = step.digest, .step = step.step});
+    }
+  }
+  return out;
+}
 
 bool FinalJob(proto::JobState s) {
   return s == proto::JOB_SUCCEEDED || s == proto::JOB_FAILED || s == proto::JOB_CANCELLED;
@@ -452,7 +480,10 @@ void JobManager::Attest(const Run& run, uint64_t step, const std::string& manife
   const int64_t now = clock_();
   const std::string subject =
       fmt::format("{}/step-{:012d}/manifest", dir.empty() ? run.job_id : dir, step);
-  auto path = keeper_->Attest(run.record, run.spec, subject, manifest_hex, file, final ? now : 0);
+  ProvenanceKeeper::Executor executor;
+  if (run.slurm) executor = {.name = "slurm", .job_id = run.slurm_id};
+  auto path = keeper_->Attest(run.record, run.spec, subject, manifest_hex, file, final ? now : 0,
+                              executor);
   if (!path) {
     Log()->error("job {}: attest {}: {}", run.job_id, name, path.error().ToString());
     return;
@@ -923,7 +954,10 @@ void JobManager::OnSlurmStatus(const SlurmJobStatus& st) {
     }
     return;
   }
-  // Final.
+  // Final. First what the attempt checkpointed (its ranks report to no agent): read on
+  // the worker thread, then this status is handled again.
+  if (run.slurm_scanning) return;
+  if (!run.slurm_scanned && BeginSlurmScan(run, st)) return;
   run.slurm_final = true;
   if (run.stopping) {
     MaybeFinish(run);
@@ -951,6 +985,48 @@ void JobManager::OnSlurmStatus(const SlurmJobStatus& st) {
            "", 0);
       return;
   }
+}
+
+bool JobManager::BeginSlurmScan(Run& run, const SlurmJobStatus& final_status) {
+  const std::string dir = run.spec.checkpoint_dir();
+  if (keeper_ == nullptr || run.provenance_digest.empty() || dir.empty()) {
+    run.slurm_scanned = true;
+    return false;
+  }
+  run.slurm_scanning = true;
+  slurm_worker_->Run([this, dir, anchor = run.expected_head, record = run.provenance_digest,
+                      job_id = run.job_id, attempt = run.attempt,
+                      st = final_status]() -> std::function<void()> {
+    auto found = AttemptCheckpoints(dir, anchor, record);
+    return [this, dir, job_id, attempt, st, found = std::move(found)] {
+      auto it = runs_.find(job_id);
+      if (it == runs_.end() || it->second.attempt != attempt) return;
+      Run& run = it->second;
+      run.slurm_scanning = false;
+      run.slurm_scanned = true;
+      if (!found) {
+        Log()->warn("job {}: attempt {}: its checkpoints: {}", job_id, attempt,
+                    found.error().ToString());
+      } else if (!found->empty() && found->back().step > run.head_step) {
+        // The newest is the job's head; each one the attempt committed is attested.
+        const ckpt::HeadRecord& newest = found->back();
+        if (auto s = store_->SetCheckpointHead(job_id, newest.step, ckpt::ToHex(newest.digest));
+            !s) {
+          Log()->error("job {}: checkpoint head: {}", job_id, s.error().ToString());
+        } else {
+          Event(job_id, "checkpoint",
+                fmt::format("attempt {} (SLURM job {}) committed up to step {} in {}", attempt,
+                            run.slurm_id, newest.step, dir));
+          for (const auto& h : *found) {
+            if (h.step > run.head_step) Attest(run, h.step, ckpt::ToHex(h.digest), false);
+          }
+          run.head_step = newest.step;
+        }
+      }
+      OnSlurmStatus(st);
+    };
+  });
+  return true;
 }
 
 void JobManager::OnNodeLost(const std::string& node_id) {

@@ -96,7 +96,11 @@ class JobManager {
   // than COMPLETED with exit 0 (failed, timed out, node failure, cancelled by someone
   // else) is a failed attempt and the job restarts from its checkpoint like any other;
   // PREEMPTED requeues it. Ranks run without an agent: no progress reports, so no hang
-  // detection; the run's SLURM job id is kept with the attempt.
+  // detection; the run's SLURM job id is kept with the attempt. With provenance and the
+  // spec's checkpoint_dir, once SLURM says the job is over and before the attempt ends,
+  // the checkpoints of that directory that the attempt committed (their manifests bind
+  // the attempt's record) are attested and the newest becomes the job's checkpoint head.
+  // Every attestation of a SLURM attempt carries its SLURM job id in the signed statement.
   void set_slurm(SlurmExecutor* executor, BlockingWorker* worker) {
     slurm_ = executor;
     slurm_worker_ = worker;
@@ -179,6 +183,8 @@ class JobManager {
     bool slurm_final = false;    // SLURM says the job is over
     bool slurm_cancel_sent = false;
     int slurm_unknown = 0;       // polls in a row that SLURM did not know the job
+    bool slurm_scanning = false;  // its checkpoint directory is being read (SLURM is done)
+    bool slurm_scanned = false;   // ... and was read: the attempt may end
     std::string ckpt_dir;  // as rank 0 reported it
   };
   struct Waiting {  // a job between attempts
@@ -190,6 +196,9 @@ class JobManager {
   void SubmitSlurm(Run& run);
   void PollSlurm();
   void OnSlurmStatus(const SlurmJobStatus& st);
+  // Reads what a SLURM attempt checkpointed, on the worker thread; false when there is
+  // nothing to read (no checkpoint_dir, no provenance record).
+  bool BeginSlurmScan(Run& run, const SlurmJobStatus& final_status);
   void CancelSlurm(Run& run);
   Run Restored(const proto::JobStatus& js, const proto::RunStatus& last, int64_t now) const;
   // The attempt's stored provenance record into `run`; false if there is none.

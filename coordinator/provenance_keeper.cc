@@ -136,7 +136,8 @@ Result<std::string> ProvenanceKeeper::Attest(const proto::ProvenanceRecord& reco
                                              const std::string& subject_name,
                                              const std::string& subject_hex,
                                              const std::string& file_name,
-                                             int64_t finished_unix_ms) {
+                                             int64_t finished_unix_ms,
+                                             const Executor& executor) {
   prov::AttestationInput in;
   prov::Subject subject;
   subject.name = subject_name;
@@ -147,6 +148,8 @@ Result<std::string> ProvenanceKeeper::Attest(const proto::ProvenanceRecord& reco
   in.spec = spec;
   in.builder_id = builder_id_;
   in.finished_unix_ms = finished_unix_ms;
+  in.executor = executor.name;
+  in.executor_job_id = executor.job_id;
   CAIRN_ASSIGN_OR_RETURN(auto statement, prov::BuildStatement(in));
   CAIRN_ASSIGN_OR_RETURN(auto envelope, prov::SignStatement(std::move(statement), key_));
   const std::string dir = state_dir_ + "/attestations/" + record.job_id();

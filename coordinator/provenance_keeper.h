@@ -10,9 +10,10 @@
 // start. Input digests are cached under <state dir>/cache (see provenance/digest.h), so an
 // unchanged data set costs a stat per file on the next attempt.
 // Attest signs an in-toto Statement v1 / SLSA Provenance v1 attestation (DSSE, Ed25519)
-// of one output (a checkpoint manifest digest) with the cluster's signing key and writes it
-// to <state dir>/attestations/<job>/<file>; the key is <state dir>/signing.key (0600,
-// created on first use) and its public half signing.pub, which verifiers use.
+// of one output (a checkpoint manifest digest), naming the executor job the attempt ran
+// as where another system ran it (the SLURM job id), with the cluster's signing key and
+// writes it to <state dir>/attestations/<job>/<file>; the key is <state dir>/signing.key
+// (0600, created on first use) and its public half signing.pub, which verifiers use.
 //
 // Threading: Prepare and Attest are called on the owner's thread (cairnd's io_context);
 // Prepare's work runs on one worker thread owned by the keeper, and its callback is
@@ -67,10 +68,18 @@ class ProvenanceKeeper {
 
   void Prepare(PrepareRequest request, std::function<void(Result<PreparedRecord>)> done);
 
+  // An attempt another system ran: its name ("slurm") and the attempt's job id there.
+  struct Executor {
+    std::string name;
+    std::string job_id;
+  };
+
   // Signs and writes an attestation of `subject` (hex manifest digest); returns its path.
+  // `executor`: empty for an attempt of cairn's own agents.
   Result<std::string> Attest(const proto::ProvenanceRecord& record, const proto::JobSpec& spec,
                              const std::string& subject_name, const std::string& subject_hex,
-                             const std::string& file_name, int64_t finished_unix_ms);
+                             const std::string& file_name, int64_t finished_unix_ms,
+                             const Executor& executor);
 
   const prov::VerifyKey& verify_key() const { return key_.public_key(); }
   const std::string& builder_id() const { return builder_id_; }

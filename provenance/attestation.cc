@@ -111,6 +111,12 @@ Result<std::string> BuildStatement(const AttestationInput& input) {
   if (input.builder_id.empty()) {
     return MakeError(Code::kInvalidArgument, "an attestation needs a builder id");
   }
+  if (input.executor.empty() != input.executor_job_id.empty()) {
+    return MakeError(Code::kInvalidArgument,
+                     "an attestation names an executor (\"{}\") and its job id (\"{}\") together "
+                     "or neither",
+                     input.executor, input.executor_job_id);
+  }
   const proto::ProvenanceRecord& r = input.record;
   CAIRN_RETURN_IF_ERROR(CheckRecord(r));
   CAIRN_ASSIGN_OR_RETURN(Digest record_digest, RecordDigest(r));
@@ -136,6 +142,16 @@ Result<std::string> BuildStatement(const AttestationInput& input) {
                         {"annotations", Json{{"kind", "checkpoint-manifest"}}}});
   }
 
+  Json internal_params = {{"jobId", r.job_id()},
+                          {"attempt", r.attempt()},
+                          {"command", std::move(command)},
+                          {"environment", internal::EnvironmentJson(r.environment())},
+                          {"provenanceRecordSha256", ckpt::ToHex(record_digest)}};
+  if (!input.executor.empty()) {
+    internal_params["executor"] =
+        Json{{"name", input.executor}, {"jobId", input.executor_job_id}};
+  }
+
   Json metadata = {{"invocationId", r.run_id()}};
   if (r.started_unix_ms() != 0) metadata["startedOn"] = Rfc3339Millis(r.started_unix_ms());
   if (input.finished_unix_ms != 0) metadata["finishedOn"] = Rfc3339Millis(input.finished_unix_ms);
@@ -146,11 +162,7 @@ Result<std::string> BuildStatement(const AttestationInput& input) {
             {"externalParameters", Json{{"jobSpec", std::move(spec)},
                                         {"specSha256", Hex(r.spec_sha256())},
                                         {"hyperparameters", std::move(hyper)}}},
-            {"internalParameters", Json{{"jobId", r.job_id()},
-                                        {"attempt", r.attempt()},
-                                        {"command", std::move(command)},
-                                        {"environment", internal::EnvironmentJson(r.environment())},
-                                        {"provenanceRecordSha256", ckpt::ToHex(record_digest)}}},
+            {"internalParameters", std::move(internal_params)},
             {"resolvedDependencies", std::move(deps)}}},
       {"runDetails",
        Json{{"builder", Json{{"id", input.builder_id},
@@ -219,6 +231,17 @@ Result<ParsedStatement> ParseStatement(std::string_view json) {
   if (!IsHex64(out.provenance_record_sha256)) {
     return MakeError(Code::kInvalidArgument,
                      "statement: internalParameters.provenanceRecordSha256 is not a SHA-256");
+  }
+  if (internal_params->contains("executor")) {
+    CAIRN_ASSIGN_OR_RETURN(const Json* executor,
+                           Obj(*internal_params, "executor", "internalParameters"));
+    CAIRN_ASSIGN_OR_RETURN(out.executor, Str(*executor, "name", "internalParameters.executor"));
+    CAIRN_ASSIGN_OR_RETURN(out.executor_job_id,
+                           Str(*executor, "jobId", "internalParameters.executor"));
+    if (out.executor.empty() || out.executor_job_id.empty()) {
+      return MakeError(Code::kInvalidArgument,
+                       "statement: internalParameters.executor has an empty name or jobId");
+    }
   }
   const auto deps = build->find("resolvedDependencies");
   if (deps != build->end()) {

@@ -13,7 +13,10 @@
 //            names), "specSha256", "hyperparameters"},
 //        "internalParameters": {"jobId", "attempt", "command", "environment" (as in the
 //            record's canonical JSON), "provenanceRecordSha256" (RecordDigest: ties the
-//            attestation to the provenance_digest of the run's checkpoint manifests)},
+//            attestation to the provenance_digest of the run's checkpoint manifests),
+//            "executor" (only for an attempt another system ran: {"name": "slurm",
+//            "jobId": the attempt's SLURM job id}; known only once sbatch answered, after
+//            the record was made, so it is here and not in the record)},
 //        "resolvedDependencies": [
 //          code: {"name": "code", "uri": "git+<origin url>@<commit>" (without an origin:
 //              no uri), "digest": {"gitCommit"} (a repository without commits: {"sha256":
@@ -70,6 +73,10 @@ struct AttestationInput {
   proto::JobSpec spec;
   std::string builder_id;        // the cairnd that ran the job (a URI)
   int64_t finished_unix_ms = 0;  // 0: not finished
+  // The system that ran the attempt and its id there ("slurm", "4711"); both empty for
+  // cairn's own agents. One without the other is kInvalidArgument.
+  std::string executor;
+  std::string executor_job_id;
 };
 
 Result<std::string> BuildStatement(const AttestationInput& input);
@@ -91,6 +98,8 @@ struct ParsedStatement {
   std::vector<Dependency> dependencies;
   std::string spec_sha256;               // hex
   std::string provenance_record_sha256;  // hex
+  std::string executor;                  // internalParameters.executor, or empty
+  std::string executor_job_id;
 };
 
 // kInvalidArgument naming the first field that does not fit.

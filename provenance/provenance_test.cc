@@ -1062,6 +1062,67 @@ TEST(AttestationTest, SignedAttestationVerifiesAndTamperingIsCaught) {
   EXPECT_EQ(tampered.error().code(), Code::kDataLoss);
 }
 
+TEST(AttestationTest, SlurmJobIdIsSignedWithoutChangingTheRecord) {
+  // An attempt of cairn's own agents names no executor.
+  const std::string local = *BuildStatement(SampleAttestation());
+  EXPECT_FALSE(
+      Json::parse(local)["predicate"]["buildDefinition"]["internalParameters"].contains("executor"));
+  auto local_parsed = ParseStatement(local);
+  ASSERT_TRUE(local_parsed.has_value());
+  EXPECT_EQ(local_parsed->executor, "");
+  EXPECT_EQ(local_parsed->executor_job_id, "");
+
+  AttestationInput in = SampleAttestation();
+  in.executor = "slurm";
+  in.executor_job_id = "4711";
+  auto statement = BuildStatement(in);
+  ASSERT_TRUE(statement.has_value()) << statement.error().ToString();
+  const Json j = Json::parse(*statement);
+  const Json& internal_params = j["predicate"]["buildDefinition"]["internalParameters"];
+  EXPECT_EQ(internal_params["executor"], (Json{{"name", "slurm"}, {"jobId", "4711"}}));
+  // The id came after the record: the record and its digest (the manifests') are as before.
+  EXPECT_EQ(internal_params["provenanceRecordSha256"], Hex(*RecordDigest(in.record)));
+
+  auto key = SigningKey::Generate();
+  ASSERT_TRUE(key.has_value());
+  auto envelope = SignStatement(*statement, *key);
+  ASSERT_TRUE(envelope.has_value());
+  auto verified = VerifyAttestation(*envelope, key->public_key());
+  ASSERT_TRUE(verified.has_value()) << verified.error().ToString();
+  EXPECT_EQ(verified->executor, "slurm");
+  EXPECT_EQ(verified->executor_job_id, "4711");
+
+  // Another SLURM job id inside the signed payload: the signature no longer holds.
+  Json env = Json::parse(*envelope);
+  std::string payload = *Base64Decode(env["payload"].get<std::string>());
+  const std::size_t at = payload.find(R"("jobId":"4711")");
+  ASSERT_NE(at, std::string::npos) << payload;
+  payload.replace(at, 14, R"("jobId":"4712")");
+  env["payload"] = Base64Encode(payload);
+  auto tampered = VerifyAttestation(env.dump(), key->public_key());
+  ASSERT_FALSE(tampered.has_value());
+  EXPECT_EQ(tampered.error().code(), Code::kDataLoss);
+
+  // The name and the id go together; a malformed executor entry does not parse.
+  AttestationInput half = in;
+  half.executor_job_id.clear();
+  auto refused = BuildStatement(half);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), Code::kInvalidArgument);
+  auto expect_bad = [&](const Json& executor, std::string_view what) {
+    Json bad = j;
+    bad["predicate"]["buildDefinition"]["internalParameters"]["executor"] = executor;
+    auto r = ParseStatement(bad.dump());
+    ASSERT_FALSE(r.has_value()) << executor.dump();
+    EXPECT_EQ(r.error().code(), Code::kInvalidArgument);
+    EXPECT_THAT(r.error().ToString(), HasSubstr(what));
+  };
+  expect_bad("slurm", "internalParameters.executor");
+  expect_bad(Json{{"name", "slurm"}, {"jobId", 4711}}, "internalParameters.executor.jobId");
+  expect_bad(Json{{"name", "slurm"}}, "internalParameters.executor.jobId");
+  expect_bad(Json{{"name", "slurm"}, {"jobId", ""}}, "empty name or jobId");
+}
+
 TEST(AttestationTest, Rfc3339) {
   EXPECT_EQ(Rfc3339Millis(0), "1970-01-01T00:00:00.000Z");
   EXPECT_EQ(Rfc3339Millis(1764117252345), "2025-11-26T00:34:12.345Z");

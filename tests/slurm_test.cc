@@ -10,6 +10,8 @@
 //   - cairn-agents.sbatch runs cairnd and an agent inside the allocation and a cairn job
 //     to success (the template sets nothing for Open MPI: the agent's mpirun keeps to
 //     cairn-rsh and the agent's hosts by itself);
+//   - cairnd's slurm executor runs each attempt of a job as a SLURM job, resumes after a
+//     scancel by hand, and attests each attempt's checkpoints with its SLURM job id;
 //   - stopping the cluster leaves no daemon and no job process (checked in /proc).
 // Skips without root or without the SLURM packages. The cluster is started once for the
 // suite and stopped at its end, also when a test fails (a guard object); a cluster left by
@@ -24,6 +26,7 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <memory>
 #include <regex>
@@ -34,6 +37,8 @@
 #include <fmt/format.h>
 
 #include "common/io.h"
+#include "provenance/attestation.h"
+#include "provenance/dsse.h"
 #include "tests/process_util.h"
 
 namespace cairn::testing {
@@ -401,7 +406,9 @@ TEST_F(SlurmTest, AgentsInsideAnAllocationRunAJob) {
 
 // The slurm executor of cairnd: `cairn submit --executor slurm` runs each attempt as a
 // SLURM batch job; a job cancelled by hand in SLURM is a failed attempt that cairnd
-// resumes (same weights as an uninterrupted run); `cairn cancel` cancels it in SLURM.
+// resumes (same weights as an uninterrupted run); each attempt's checkpoints are attested
+// with its SLURM job id in the signed statement, which `cairn lineage verify` checks;
+// `cairn cancel` cancels it in SLURM.
 TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   const std::string state = (dir_ / "cairn").string();
   auto cairn = [&](std::vector<std::string> args, seconds timeout = seconds(120)) {
@@ -416,23 +423,28 @@ TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   auto job = [&](const std::string& id) { return JobStatus(state, id); };
   const std::vector<std::string> flags = {"--steps", "400", "--ckpt-every", "40"};
   auto reference = Reference(2, flags);
-  std::vector<std::string> submit = {"submit", "--executor", "slurm", "--ranks", "2",
-                                     "--launcher", "mpi", "--name", "through-slurm", "--",
-                                     AbsBinDir() + "/cairn-fmnist", "--ckpt-dir",
-                                     (dir_ / "slurm-ckpt").string(), "--key-file", key_};
-  submit.insert(submit.end(), flags.begin(), flags.end());
-  auto s = cairn(submit);
+  // As YAML: checkpoint_dir tells cairnd where the attempts' checkpoints are.
+  const std::string ckpt_dir = (dir_ / "slurm-ckpt").string();
+  std::vector<std::string> command = {AbsBinDir() + "/cairn-fmnist", "--ckpt-dir", ckpt_dir,
+                                      "--key-file", key_};
+  command.insert(command.end(), flags.begin(), flags.end());
+  const fs::path spec = dir_ / "through-slurm.yaml";
+  std::ofstream(spec) << "name: through-slurm\nexecutor: slurm\nranks: 2\nlauncher: mpi\n"
+                      << "checkpoint_dir: " << nlohmann::json(ckpt_dir).dump() << "\n"
+                      << "command: " << nlohmann::json(command).dump() << "\n";
+  auto s = cairn({"submit", "-f", spec.string()});
   ASSERT_EQ(s.exit_code, 0) << s.output;
   const std::string id = s.output.substr(0, s.output.find('\n'));
 
-  // Once it has checkpointed, cancel its SLURM job by hand.
+  // Once it has committed a checkpoint, cancel its SLURM job by hand.
   std::string first_slurm_id;
   for (int i = 0; i < 600 && first_slurm_id.empty(); ++i) {
     auto j = job(id);
     bool ckpt = false;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir_ / "slurm-ckpt", ec)) {
-      ckpt = ckpt || e.path().filename().string().starts_with("step-");
+    for (const auto& e : fs::directory_iterator(ckpt_dir, ec)) {
+      ckpt = ckpt || (e.path().filename().string().starts_with("step-") &&
+                      fs::exists(e.path() / "MANIFEST", ec));
     }
     if (ckpt && j.contains("runs") && !j["runs"].empty()) {
       first_slurm_id = j["runs"][0].value("executor_job_id", std::string());
@@ -465,6 +477,63 @@ TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   EXPECT_NE(lineage.output.find("attempt 2"), std::string::npos) << lineage.output;
   EXPECT_NE(lineage.output.find("SLURM job " + first_slurm_id), std::string::npos)
       << lineage.output;
+  // Each attempt's checkpoints are attested, signed with that attempt's SLURM job id.
+  auto lineage_json = cairn({"lineage", id, "--json"});
+  ASSERT_EQ(lineage_json.exit_code, 0) << lineage_json.output;
+  const auto l = nlohmann::json::parse(lineage_json.output, nullptr, false);
+  ASSERT_TRUE(l.is_array() && !l.empty()) << lineage_json.output;
+  auto pub = prov::VerifyKey::LoadPem(state + "/signing.pub");
+  ASSERT_TRUE(pub.has_value()) << pub.error().ToString();
+  std::map<uint32_t, std::string> signed_ids;  // attempt -> SLURM job id in its attestations
+  std::string first_envelope;                  // an attestation of attempt 1
+  for (const auto& a : l[0]["attestations"]) {
+    const std::string path = a.value("path", "");
+    const uint32_t attempt = a.value("attempt", 0u);
+    ASSERT_GE(attempt, 1u) << a.dump();
+    ASSERT_LE(attempt, j["runs"].size()) << a.dump();
+    auto st = prov::VerifyAttestation(ReadFile(path), *pub);
+    ASSERT_TRUE(st.has_value()) << path << ": " << st.error().ToString();
+    EXPECT_EQ(st->executor, "slurm") << path;
+    EXPECT_EQ(st->executor_job_id, j["runs"][attempt - 1].value("executor_job_id", ""))
+        << path;
+    signed_ids[attempt] = st->executor_job_id;
+    if (attempt == 1) first_envelope = path;
+  }
+  EXPECT_EQ(signed_ids.size(), j["runs"].size()) << l.dump(1);
+  EXPECT_EQ(signed_ids[1], first_slurm_id) << l.dump(1);
+  ASSERT_FALSE(first_envelope.empty()) << l.dump(1);
+  auto verify = cairn({"lineage", "verify", id});
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  EXPECT_NE(verify.output.find("SLURM job " + first_slurm_id), std::string::npos)
+      << verify.output;
+  // Another SLURM job id in attempt 1's statement: with the old signature it no longer
+  // verifies; re-signed with cairnd's own key it names a job the attempt did not run as.
+  const std::string original = ReadFile(first_envelope);
+  auto envelope = prov::EnvelopeFromJson(original);
+  ASSERT_TRUE(envelope.has_value()) << envelope.error().ToString();
+  auto statement = nlohmann::json::parse(envelope->payload);
+  statement["predicate"]["buildDefinition"]["internalParameters"]["executor"]["jobId"] =
+      "999999";
+  auto forged = *envelope;
+  forged.payload = statement.dump();
+  std::ofstream(first_envelope, std::ios::trunc) << prov::EnvelopeToJson(forged);
+  verify = cairn({"lineage", "verify", id});
+  EXPECT_NE(verify.exit_code, 0) << verify.output;
+  EXPECT_NE(verify.output.find("FAIL  checkpoint step"), std::string::npos) << verify.output;
+  auto key = prov::SigningKey::LoadPem(state + "/signing.key");
+  ASSERT_TRUE(key.has_value()) << key.error().ToString();
+  auto resigned = prov::SignStatement(statement.dump(), *key);
+  ASSERT_TRUE(resigned.has_value()) << resigned.error().ToString();
+  std::ofstream(first_envelope, std::ios::trunc) << *resigned;
+  verify = cairn({"lineage", "verify", id});
+  EXPECT_NE(verify.exit_code, 0) << verify.output;
+  EXPECT_NE(verify.output.find("signed for SLURM job 999999, but attempt 1 is recorded as "
+                               "SLURM job " + first_slurm_id),
+            std::string::npos)
+      << verify.output;
+  std::ofstream(first_envelope, std::ios::trunc) << original;
+  verify = cairn({"lineage", "verify", id});
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
 
   // `cairn cancel` cancels the SLURM job.
   auto s2 = cairn({"submit", "--executor", "slurm", "--ranks", "1", "--", "/bin/sleep", "300"});
