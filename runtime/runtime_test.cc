@@ -191,17 +191,25 @@ TEST(Preemption, SignalSetsTheFlagOnly) {
 
 // ---- progress ---------------------------------------------------------------------------
 
-TEST(Progress, DatagramsReachTheSocketAndAbsenceIsHarmless) {
-  std::string path = (std::filesystem::temp_directory_path() /
-                      ("cairn_progress_" + io::RandomSuffix() + ".sock")).string();
-  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(fd, 0);
+// A bound datagram socket at a fresh path, as an agent's progress socket (receives time
+// out after 2 s); fd is -1 when it could not be made.
+void BindProgressSocket(std::string* path, int* fd) {
+  *path = (std::filesystem::temp_directory_path() /
+           ("cairn_progress_" + io::RandomSuffix() + ".sock")).string();
+  *fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(*fd, 0);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  std::strncpy(addr.sun_path, path->c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(bind(*fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   timeval tv{2, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
+TEST(Progress, DatagramsReachTheSocketAndAbsenceIsHarmless) {
+  std::string path;
+  int fd = -1;
+  ASSERT_NO_FATAL_FAILURE(BindProgressSocket(&path, &fd));
 
   ProgressReporter rep(path, "run-7", 3);
   ASSERT_TRUE(rep.enabled());
@@ -243,16 +251,9 @@ TEST(Progress, DatagramsReachTheSocketAndAbsenceIsHarmless) {
 // Every report carries the last checkpoint heads, oldest first, so that heads committed
 // between two of the agent's heartbeats all reach cairnd.
 TEST(Progress, ReportsCarryTheRecentCheckpointHeads) {
-  std::string path = (std::filesystem::temp_directory_path() /
-                      ("cairn_progress_" + io::RandomSuffix() + ".sock")).string();
-  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(fd, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  timeval tv{2, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string path;
+  int fd = -1;
+  ASSERT_NO_FATAL_FAILURE(BindProgressSocket(&path, &fd));
   ProgressReporter rep(path, "run-8", 0);
   const std::size_t n_heads = ProgressReporter::kRecentHeads + 4;
   for (std::size_t i = 1; i <= n_heads; ++i) rep.SetCheckpoint(i * 10, "h" + std::to_string(i));
