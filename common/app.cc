@@ -1,6 +1,7 @@
 #include "common/app.h"
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "cairn/version.h"
 #include "common/log.h"
@@ -13,13 +14,20 @@ void AddStandardFlags(CLI::App& app, StandardFlags* flags, std::string_view prog
   app.set_version_flag("--version", fmt::format("{} {}", program, Version()));
   app.add_option("--log-level", flags->log_level,
                  "Log level: trace, debug, info, warn, error, critical, off");
-  app.add_option("--config", flags->config_path, "cairn config file (YAML)");
+  app.add_option("--config", flags->config_path,
+                 "cairn config file (YAML, docs/config.md; default $CAIRN_CONFIG, else none)");
+}
+
+std::string ConfigFilePath(const StandardFlags& flags) {
+  if (!flags.config_path.empty()) return flags.config_path;
+  const char* env = std::getenv("CAIRN_CONFIG");
+  return env != nullptr ? env : "";
 }
 
 Result<Config> LoadEffectiveConfig(const StandardFlags& flags) {
   Config config;
-  if (!flags.config_path.empty()) {
-    CAIRN_ASSIGN_OR_RETURN(config, LoadConfig(flags.config_path));
+  if (const std::string path = ConfigFilePath(flags); !path.empty()) {
+    CAIRN_ASSIGN_OR_RETURN(config, LoadConfig(path));
   }
   if (!flags.log_level.empty()) config.log_level = flags.log_level;
   CAIRN_RETURN_IF_ERROR_CTX(log::SetLevel(config.log_level), "--log-level");

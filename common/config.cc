@@ -1,72 +1,111 @@
 #include "common/config.h"
 
+#include <arpa/inet.h>
+
+#include <charconv>
+
 #include "common/log.h"
 #include "common/yaml.h"
 
 namespace cairn {
+
+Result<HostPort> ParseHostPort(std::string_view text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string_view::npos) {
+    return MakeError(Code::kInvalidArgument, "'{}' is not HOST:PORT (e.g. 127.0.0.1:7070)", text);
+  }
+  std::string_view host = text.substr(0, colon);
+  const std::string_view port = text.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  unsigned value = 0;
+  auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (port.empty() || ec != std::errc() || p != port.data() + port.size() || value > 65535) {
+    return MakeError(Code::kInvalidArgument, "'{}': port '{}' is not a number 0..65535", text,
+                     port);
+  }
+  HostPort out{std::string(host), static_cast<uint16_t>(value)};
+  in6_addr addr{};
+  if (::inet_pton(AF_INET, out.host.c_str(), &addr) != 1 &&
+      ::inet_pton(AF_INET6, out.host.c_str(), &addr) != 1) {
+    return MakeError(Code::kInvalidArgument,
+                     "'{}': host '{}' is not an IP address (e.g. 127.0.0.1, 0.0.0.0, ::1)", text,
+                     host);
+  }
+  return out;
+}
+
+Status CheckHeartbeatTimeout(std::chrono::milliseconds timeout) {
+  if (timeout < std::chrono::seconds(1)) {
+    return MakeError(Code::kInvalidArgument,
+                     "{} ms is below 1 s, the agents' heartbeat interval (live nodes would be "
+                     "declared lost)",
+                     timeout.count());
+  }
+  return OkStatus();
+}
+
+Status CheckCpus(int64_t cpus) {
+  if (cpus < 0 || cpus > (1 << 20)) {
+    return MakeError(Code::kInvalidArgument, "{} is outside 0..1048576 (0: the cores online)",
+                     cpus);
+  }
+  return OkStatus();
+}
+
+Status CheckStateDir(std::string_view dir) {
+  if (!dir.empty() && dir.front() != '/') {
+    return MakeError(Code::kInvalidArgument, "'{}' is not an absolute path", dir);
+  }
+  return OkStatus();
+}
+
 namespace {
 
-Status Validate(const Config& c, const std::string& file) {
-  if (c.checkpoint.chunk_size < 4096 || c.checkpoint.chunk_size > (64ull << 20)) {
-    return MakeError(Code::kInvalidArgument,
-                     "{}: key 'checkpoint.chunk_size': {} is outside 4KiB..64MiB", file,
-                     c.checkpoint.chunk_size);
-  }
-  if (c.checkpoint.max_inflight < 1) {
-    return MakeError(Code::kInvalidArgument, "{}: key 'checkpoint.max_inflight' must be >= 1",
-                     file);
-  }
-  if (c.checkpoint.keep_last < 1) {
-    return MakeError(Code::kInvalidArgument, "{}: key 'checkpoint.keep_last' must be >= 1",
-                     file);
-  }
-  if (c.checkpoint.keep_every < 0) {
-    return MakeError(Code::kInvalidArgument, "{}: key 'checkpoint.keep_every' must be >= 0",
-                     file);
-  }
-  if (auto lvl = log::ParseLevel(c.log_level); !lvl) {
-    return MakeError(Code::kInvalidArgument, "{}: key 'log_level': {}", file,
-                     lvl.error().message());
-  }
+// Reads `key` if present and applies `check` to its value; a failed check names the
+// value's file:line:col and the dotted key.
+template <typename T, typename Check>
+Status ReadChecked(yaml::YamlMap& map, std::string_view key, T* out, Check check) {
+  CAIRN_RETURN_IF_ERROR(map.Optional(key, out));
+  if (!map.Has(key)) return OkStatus();
+  Status st = check(*out);
+  if (st) return st;
+  return MakeError(Code::kInvalidArgument, "{}key '{}': {}", map.Where(map.Raw(key)),
+                   map.KeyPath(key), st.error().message());
+}
+
+Status CheckLogLevel(const std::string& level) {
+  auto parsed = log::ParseLevel(level);
+  if (!parsed) return std::unexpected(std::move(parsed).error());
   return OkStatus();
 }
 
 Result<Config> FromNode(const YAML::Node& root, const std::string& file) {
   Config c;
   CAIRN_ASSIGN_OR_RETURN(auto top, yaml::YamlMap::Of(root, file));
-  CAIRN_RETURN_IF_ERROR(top.Optional("state_dir", &c.state_dir));
-  CAIRN_RETURN_IF_ERROR(top.Optional("log_level", &c.log_level));
+  CAIRN_RETURN_IF_ERROR(ReadChecked(top, "state_dir", &c.state_dir, CheckStateDir));
+  CAIRN_RETURN_IF_ERROR(ReadChecked(top, "log_level", &c.log_level, CheckLogLevel));
 
   CAIRN_ASSIGN_OR_RETURN(auto coord, top.Child("coordinator"));
-  CAIRN_RETURN_IF_ERROR(coord.Optional("listen", &c.coordinator.listen));
-  CAIRN_RETURN_IF_ERROR(coord.Optional("heartbeat_timeout", &c.coordinator.heartbeat_timeout));
-  yaml::ByteSize frame{c.coordinator.max_frame_bytes};
-  CAIRN_RETURN_IF_ERROR(coord.Optional("max_frame_size", &frame));
-  c.coordinator.max_frame_bytes = frame.bytes;
+  CAIRN_RETURN_IF_ERROR(ReadChecked(coord, "listen", &c.coordinator.listen,
+                                    [](const std::string& v) -> Status {
+                                      CAIRN_RETURN_IF_ERROR(ParseHostPort(v));
+                                      return OkStatus();
+                                    }));
+  CAIRN_RETURN_IF_ERROR(ReadChecked(coord, "heartbeat_timeout", &c.coordinator.heartbeat_timeout,
+                                    CheckHeartbeatTimeout));
+  CAIRN_RETURN_IF_ERROR(coord.Optional("quarantine_time", &c.coordinator.quarantine_time));
   CAIRN_RETURN_IF_ERROR(coord.Finish());
 
   CAIRN_ASSIGN_OR_RETURN(auto agent, top.Child("agent"));
-  CAIRN_RETURN_IF_ERROR(agent.Optional("coordinator", &c.agent.coordinator));
-  CAIRN_RETURN_IF_ERROR(agent.Optional("heartbeat_interval", &c.agent.heartbeat_interval));
-  CAIRN_RETURN_IF_ERROR(agent.Optional("cpus", &c.agent.cpus));
+  CAIRN_RETURN_IF_ERROR(ReadChecked(agent, "cpus", &c.agent.cpus, CheckCpus));
   yaml::ByteSize mem{c.agent.memory_bytes};
   CAIRN_RETURN_IF_ERROR(agent.Optional("memory", &mem));
   c.agent.memory_bytes = mem.bytes;
-  CAIRN_RETURN_IF_ERROR(agent.Optional("grace_period", &c.agent.grace_period));
   CAIRN_RETURN_IF_ERROR(agent.Finish());
 
-  CAIRN_ASSIGN_OR_RETURN(auto ck, top.Child("checkpoint"));
-  CAIRN_RETURN_IF_ERROR(ck.Optional("key_file", &c.checkpoint.key_file));
-  yaml::ByteSize chunk{c.checkpoint.chunk_size};
-  CAIRN_RETURN_IF_ERROR(ck.Optional("chunk_size", &chunk));
-  c.checkpoint.chunk_size = chunk.bytes;
-  CAIRN_RETURN_IF_ERROR(ck.Optional("max_inflight", &c.checkpoint.max_inflight));
-  CAIRN_RETURN_IF_ERROR(ck.Optional("keep_last", &c.checkpoint.keep_last));
-  CAIRN_RETURN_IF_ERROR(ck.Optional("keep_every", &c.checkpoint.keep_every));
-  CAIRN_RETURN_IF_ERROR(ck.Finish());
-
   CAIRN_RETURN_IF_ERROR(top.Finish());
-  CAIRN_RETURN_IF_ERROR(Validate(c, file));
   return c;
 }
 
@@ -82,10 +121,6 @@ Result<Config> LoadConfig(const std::string& path) {
   return WithContext(FromNode(root, path), "load config");
 }
 
-}  // namespace cairn
-
-namespace cairn {
-
 std::string ConfigToYaml(const Config& c) {
   auto ms = [](std::chrono::milliseconds d) { return fmt::format("{}ms", d.count()); };
   return fmt::format(
@@ -94,24 +129,12 @@ std::string ConfigToYaml(const Config& c) {
       "coordinator:\n"
       "  listen: \"{}\"\n"
       "  heartbeat_timeout: {}\n"
-      "  max_frame_size: {}\n"
+      "  quarantine_time: {}\n"
       "agent:\n"
-      "  coordinator: \"{}\"\n"
-      "  heartbeat_interval: {}\n"
       "  cpus: {}\n"
-      "  memory: {}\n"
-      "  grace_period: {}\n"
-      "checkpoint:\n"
-      "  key_file: \"{}\"\n"
-      "  chunk_size: {}\n"
-      "  max_inflight: {}\n"
-      "  keep_last: {}\n"
-      "  keep_every: {}\n",
+      "  memory: {}\n",
       c.state_dir, c.log_level, c.coordinator.listen, ms(c.coordinator.heartbeat_timeout),
-      c.coordinator.max_frame_bytes, c.agent.coordinator, ms(c.agent.heartbeat_interval),
-      c.agent.cpus, c.agent.memory_bytes, ms(c.agent.grace_period), c.checkpoint.key_file,
-      c.checkpoint.chunk_size, c.checkpoint.max_inflight, c.checkpoint.keep_last,
-      c.checkpoint.keep_every);
+      ms(c.coordinator.quarantine_time), c.agent.cpus, c.agent.memory_bytes);
 }
 
 }  // namespace cairn
