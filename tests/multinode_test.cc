@@ -644,7 +644,9 @@ class MultiNodeTest : public ::testing::Test {
 // (orte_session_dir_cleanup(ORTE_JOBID_WILDCARD)): daemons sharing one would delete each
 // other's directories (seen: an orted exiting 213 at start, "mkdir ... File exists").
 TEST_F(MultiNodeTest, OpenMpiDaemonsOfCoLocatedNodesKeepSeparateSessionDirectories) {
-  auto s = Cli({"submit", "--ranks", "4", "--nodes", "2", "--launcher", "mpi", "--max-restarts",
+  // All three nodes: mpirun runs the first node's rank itself, and each other node gets
+  // a daemon.
+  auto s = Cli({"submit", "--ranks", "3", "--nodes", "3", "--launcher", "mpi", "--max-restarts",
                 "3", "--name", "sessions", "--", "/bin/sleep", "60"});
   ASSERT_EQ(s.exit_code, 0) << s.output;
   const std::string id = s.output.substr(0, s.output.find('\n'));

@@ -3,11 +3,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -65,6 +67,12 @@ bool SharedHost(const proto::LaunchOrder& o) {
   return hostnames.size() < n || addresses.size() < n;
 }
 
+// The TMPDIR this agent's processes would have had.
+std::string RankTmpdir() {
+  const char* t = std::getenv("TMPDIR");
+  return t != nullptr && *t != '\0' ? t : "/tmp";
+}
+
 // Open MPI settings for the daemon or mpirun of one node; `who` names its session dir.
 // mpirun copies its own OMPI_MCA_* variables onto every daemon's command line (where
 // they beat the daemon's environment), so mpirun gets its session dir base through
@@ -76,6 +84,9 @@ void SetOpenMpiEnv(std::vector<std::string>& env, const proto::LaunchOrder& o,
   std::error_code ec;
   fs::create_directories(tmp, ec);
   Set(env, mpirun ? "TMPDIR" : "OMPI_MCA_orte_tmpdir_base", tmp);
+  // Unless the job chose a PML: ob1 where the node has no fabric (mpirun_command.h).
+  static const bool fabric = NodeHasFabric();
+  if (!fabric && !Has(env, "OMPI_MCA_pml")) Set(env, "OMPI_MCA_pml", "ob1");
   if (SharedHost(o)) {
     // Daemons of "different nodes" on one kernel collide in shared memory: the hwloc
     // topology segment, PMIx's shared-memory store, and the vader transport.
@@ -137,6 +148,7 @@ Agent::~Agent() {
   }
   ::close(wake_[0]);
   ::close(wake_[1]);
+  for (const auto& [pid, fd] : rank_pidfds_) ::close(fd);
   std::error_code ec;
   fs::remove(config_.progress_path, ec);
 }
@@ -236,13 +248,38 @@ void Agent::WakeOnChildExit() {
 }
 
 void Agent::WaitForWork(std::chrono::milliseconds d) {
-  pollfd p{wake_[0], POLLIN, 0};
-  ::poll(&p, 1, static_cast<int>(d.count()));
+  std::vector<pollfd> fds{{wake_[0], POLLIN, 0}};
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [pid, fd] : rank_pidfds_) fds.push_back({fd, POLLIN, 0});
+  }
+  ::poll(fds.data(), fds.size(), static_cast<int>(d.count()));
   char buf[256];
   while (::read(wake_[0], buf, sizeof(buf)) > 0) {
   }
   std::lock_guard lock(mu_);
   orders_pending_ = false;
+  // A watched rank ended: Step() sees it gone. Its pidfd has done its job.
+  for (std::size_t i = 1; i < fds.size(); ++i) {
+    if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)) == 0) continue;
+    for (auto it = rank_pidfds_.begin(); it != rank_pidfds_.end(); ++it) {
+      if (it->second == fds[i].fd) {
+        ::close(it->second);
+        rank_pidfds_.erase(it);
+        break;
+      }
+    }
+  }
+}
+
+void Agent::WatchRank(pid_t pid) {
+  if (pid <= 0 || rank_pidfds_.contains(pid) || rank_pidfds_.size() >= kMaxWatchedRanks) {
+    return;
+  }
+  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd >= 0) rank_pidfds_.emplace(pid, fd);
+  // ESRCH: already gone, FindVanishedRanks sees it; ENOSYS (kernel < 5.3): the 100 ms
+  // rounds find it.
 }
 
 std::size_t Agent::live_runs() {
@@ -275,11 +312,12 @@ std::vector<std::string> Agent::BaseEnv(const proto::LaunchOrder& o) const {
   return env;
 }
 
-// A new attempt of a job starts only when the old one is gone from this node.
+// A new attempt of a job starts only when the old one is gone from this node: stopped
+// with nothing left (`killed`), even while cairnd's orders still mention it.
 bool Agent::PreviousAttemptAlive(const LocalRun& run) {
   for (const auto& [id, other] : runs_) {
     if (&other == &run || other.order.job_id() != run.order.job_id()) continue;
-    if (other.order.attempt() < run.order.attempt()) return true;
+    if (other.order.attempt() < run.order.attempt() && !other.killed) return true;
   }
   return false;
 }
@@ -301,8 +339,13 @@ bool Agent::Start(LocalRun& run) {
     if (!o.head()) return false;  // its daemon comes through an Exec order
     // Also inside a SLURM allocation: cairn-rsh and the gang's hosts (mpirun_command.h).
     const std::vector<std::string> argv =
-        MpirunArgv(o, config_.rsh_path, logs, /*as_root=*/::geteuid() == 0);
+        MpirunArgv(o, MpirunContext{.rsh_path = config_.rsh_path,
+                                    .log_dir = logs,
+                                    .as_root = ::geteuid() == 0,
+                                    .local_node = config_.node_id,
+                                    .rank_tmpdir = RankTmpdir()});
     Set(env, "CAIRN_RSH_RUN", o.run_id());
+    Set(env, "CAIRN_PROGRESS_SOCKET", config_.progress_path);  // this node's ranks
     SetOpenMpiEnv(env, o, config_.state_dir, config_.node_id + "/mpirun", /*mpirun=*/true);
     ProcessSpec spec{argv, env, o.spec().workdir(), logs + "/mpirun.log", o.run_id()};
     auto pid = sup_->Spawn(spec);
@@ -399,6 +442,7 @@ void Agent::ReadProgress() {
     // CAIRN_RUN_ID is the job id; the live attempt of that job takes the report.
     for (auto& [id, run] : runs_) {
       if (run.order.job_id() == p.run_id() && !run.stopping) {
+        if (!p.exiting()) WatchRank(static_cast<pid_t>(p.pid()));
         run.progress[p.rank()] = p;
         break;
       }

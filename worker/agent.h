@@ -7,17 +7,23 @@
 // CAIRN_WORLD_SIZE, CAIRN_LOCAL_RANK, CAIRN_RUN_ID (the job id: stable across attempts),
 // CAIRN_JOB_ID, CAIRN_ATTEMPT, CAIRN_PROGRESS_SOCKET, CAIRN_EXPECTED_HEAD, CAIRN_CKPT_DIR
 // and CUDA_VISIBLE_DEVICES (the node's PCI-order indices of the GPUs cairnd assigned,
-// with CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA numbers them alike); in `mpi` mode the gang's first node runs mpirun over every
-// node of the gang, with cairn-rsh as its remote shell, so the Open MPI daemon of each
-// node is started by that node's agent (Exec orders) and supervised like a rank; also
+// with CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA numbers them alike); in `mpi` mode the gang's
+// first node runs mpirun over every node of the gang: mpirun starts that node's ranks
+// itself, and for every other node asks cairn-rsh, so that node's Open MPI daemon is
+// started by that node's agent (Exec orders) and supervised like a rank; the PML is ob1
+// where the node has no fabric and the job's env does not choose one; also
 // when the agent itself runs inside a SLURM job, mpirun neither launches its daemons
 // with srun nor takes its hosts from the allocation (worker/mpirun_command.h). A run
 // that leaves the orders, or is ordered to stop, is stopped as a whole process tree:
 // SIGTERM, the grace period, SIGKILL, and a check that nothing of it is left. A new
 // attempt of a job waits until every process of its previous attempt on this node is
-// gone. Rank progress datagrams (runtime/progress.h) are kept per rank and reported.
+// gone. Rank progress datagrams (runtime/progress.h) are kept per rank and reported; a
+// rank that reported progress is watched through a pidfd, so its death wakes the agent at
+// once also when it is not the agent's child (mpi mode), and is reported as died unless
+// it reported its own exit.
 // Logs: <state dir>/logs/<job>/attempt-<n>/ rank-<r>.log (env), mpirun.log,
-// orted-<node>.log and rank.<r>/stdout (mpi, written by mpirun's output forwarding).
+// orted-<node>.log (on the gang's other nodes) and rank.<r>/stdout (mpi, written by
+// mpirun's output forwarding).
 // When cairnd does not share the node's state directory, the new bytes of these files
 // travel with the heartbeats (log_shipper.h), and an exit is reported once the output
 // before it has been delivered (waiting at most 10 s), so the job's end never comes
@@ -119,6 +125,9 @@ class Agent {
   void BeginStop(LocalRun& run, int64_t grace_ms);
   void ReadProgress();
   bool FindVanishedRanks(LocalRun& run);
+  // Wakes WaitForWork when `pid` (a rank that reported progress) ends, through a pidfd:
+  // mpi-mode ranks are not the agent's children, so no SIGCHLD tells it.
+  void WatchRank(pid_t pid);
   bool PreviousAttemptAlive(const LocalRun& run);
 
   AgentConfig config_;
@@ -138,6 +147,8 @@ class Agent {
   LogShipper shipper_;
   static constexpr std::chrono::seconds kHoldExitForLogs{10};
   std::map<std::string, std::chrono::steady_clock::time_point> exit_held_since_;  // by run id
+  static constexpr std::size_t kMaxWatchedRanks = 4096;
+  std::map<pid_t, int> rank_pidfds_;  // live ranks reporting progress -> their pidfd
 };
 
 }  // namespace cairn::worker

@@ -5,7 +5,11 @@
 
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <chrono>
 #include <string>
 #include <vector>
@@ -37,6 +41,14 @@ proto::LaunchOrder TwoNodeOrder() {
   return o;
 }
 
+MpirunContext Context(bool as_root = false) {
+  return MpirunContext{.rsh_path = "/usr/bin/cairn-rsh",
+                       .log_dir = "/state/logs/job-000007/attempt-2",
+                       .as_root = as_root,
+                       .local_node = "agent-a",
+                       .rank_tmpdir = "/scratch"};
+}
+
 // The values following each "--mca" name.
 std::vector<std::pair<std::string, std::string>> McaOptions(const std::vector<std::string>& argv) {
   std::vector<std::pair<std::string, std::string>> out;
@@ -47,23 +59,23 @@ std::vector<std::pair<std::string, std::string>> McaOptions(const std::vector<st
 }
 
 TEST(MpirunArgvTest, GangHostsRemoteShellLogsAndCommand) {
-  const auto argv = MpirunArgv(TwoNodeOrder(), "/usr/bin/cairn-rsh", "/state/logs/job-000007/attempt-2",
-                               /*as_root=*/false);
+  const auto argv = MpirunArgv(TwoNodeOrder(), Context());
   EXPECT_THAT(argv,
               ElementsAreArray(std::vector<std::string>{
                   "mpirun", "-np", "6", "--oversubscribe", "--bind-to", "none", "--host",
-                  "agent-a:4,agent-b:2", "--mca", "plm", "rsh", "--mca", "ras", "^slurm", "--mca",
+                  "localhost:4,agent-b:2", "--mca", "plm", "rsh", "--mca", "ras", "^slurm", "--mca",
                   "plm_rsh_agent", "/usr/bin/cairn-rsh", "--mca", "plm_rsh_no_tree_spawn", "1",
                   "--mca", "routed", "direct", "--output-filename",
                   "/state/logs/job-000007/attempt-2", "--merge-stderr-to-stdout", "-x",
-                  "CAIRN_RUN_ID", "-x", "CAIRN_JOB_ID", "-x", "CAIRN_ATTEMPT", "/opt/train",
+                  "CAIRN_RUN_ID", "-x", "CAIRN_JOB_ID", "-x", "CAIRN_ATTEMPT", "-x",
+                  "TMPDIR=/scratch", "/opt/train",
                   "--epochs", "3"}));
 }
 
 // An agent inside a SLURM allocation: mpirun must launch its daemons through cairn-rsh
 // (plm rsh, not slurm's srun) and take its hosts from the gang (no slurm allocator).
 TEST(MpirunArgvTest, NeverLaunchesOrAllocatesThroughSlurm) {
-  const auto mca = McaOptions(MpirunArgv(TwoNodeOrder(), "cairn-rsh", "/logs", false));
+  const auto mca = McaOptions(MpirunArgv(TwoNodeOrder(), Context()));
   EXPECT_NE(std::find(mca.begin(), mca.end(), std::pair<std::string, std::string>("plm", "rsh")),
             mca.end());
   EXPECT_NE(std::find(mca.begin(), mca.end(),
@@ -91,8 +103,7 @@ TEST(MpirunArgvTest, MpirunInsideASlurmAllocationRunsOnTheGivenHosts) {
   std::vector<std::string> plain = {"mpirun", "-np", "1", "--host", "localhost:1"};
   if (::geteuid() == 0) plain.push_back("--allow-run-as-root");
   std::vector<std::string> ours = plain;
-  for (const auto& [name, value] : McaOptions(MpirunArgv(TwoNodeOrder(), "cairn-rsh", "/logs",
-                                                         false))) {
+  for (const auto& [name, value] : McaOptions(MpirunArgv(TwoNodeOrder(), Context()))) {
     if (name == "plm" || name == "ras") ours.insert(ours.end(), {"--mca", name, value});
   }
   plain.insert(plain.end(), {"/bin/echo", "ran"});
@@ -117,7 +128,7 @@ TEST(MpirunArgvTest, RootAndOptionalVariablesAreForwarded) {
   o.set_provenance_digest(std::string(64, 'b'));
   o.mutable_spec()->set_checkpoint_dir("/ckpt");
   (*o.mutable_spec()->mutable_env())["NCCL_DEBUG"] = "INFO";
-  const auto argv = MpirunArgv(o, "cairn-rsh", "/logs", /*as_root=*/true);
+  const auto argv = MpirunArgv(o, Context(/*as_root=*/true));
   EXPECT_THAT(std::vector<std::string>(argv.begin(), argv.begin() + 7),
               ElementsAre("mpirun", "-np", "6", "--oversubscribe", "--bind-to", "none",
                           "--allow-run-as-root"));
@@ -127,9 +138,58 @@ TEST(MpirunArgvTest, RootAndOptionalVariablesAreForwarded) {
   }
   EXPECT_THAT(forwarded, ElementsAre("CAIRN_RUN_ID", "CAIRN_JOB_ID", "CAIRN_ATTEMPT",
                                      "CAIRN_EXPECTED_HEAD", "CAIRN_PROVENANCE_DIGEST",
-                                     "CAIRN_CKPT_DIR", "NCCL_DEBUG"));
+                                     "CAIRN_CKPT_DIR", "NCCL_DEBUG", "TMPDIR=/scratch"));
   EXPECT_THAT(std::vector<std::string>(argv.end() - 3, argv.end()),
               ElementsAre("/opt/train", "--epochs", "3"));
+}
+
+// Only the agent's own node is local to mpirun: a gang whose first node is elsewhere
+// names every node, and mpirun asks cairn-rsh for each daemon.
+TEST(MpirunArgvTest, OnlyTheAgentsOwnNodeIsLocalhost) {
+  MpirunContext c = Context();
+  auto host_arg = [](const std::vector<std::string>& argv) {
+    auto it = std::find(argv.begin(), argv.end(), "--host");
+    return it == argv.end() ? std::string() : *(it + 1);
+  };
+  EXPECT_EQ(host_arg(MpirunArgv(TwoNodeOrder(), c)), "localhost:4,agent-b:2");
+  c.local_node = "agent-b";
+  EXPECT_EQ(host_arg(MpirunArgv(TwoNodeOrder(), c)), "agent-a:4,localhost:2");
+  c.local_node = "agent-c";
+  EXPECT_EQ(host_arg(MpirunArgv(TwoNodeOrder(), c)), "agent-a:4,agent-b:2");
+}
+
+// mpirun's TMPDIR is its session directory: the ranks get the spec's TMPDIR (not
+// forwarded from mpirun's environment, where it is replaced) or the agent's.
+TEST(MpirunArgvTest, RanksGetTheSpecsTmpdirNotMpirunsSessionDirectory) {
+  proto::LaunchOrder o = TwoNodeOrder();
+  (*o.mutable_spec()->mutable_env())["TMPDIR"] = "/fast/tmp";
+  const auto argv = MpirunArgv(o, Context());
+  std::vector<std::string> forwarded;
+  for (std::size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] == "-x") forwarded.push_back(argv[i + 1]);
+  }
+  EXPECT_THAT(forwarded, ElementsAre("CAIRN_RUN_ID", "CAIRN_JOB_ID", "CAIRN_ATTEMPT",
+                                     "TMPDIR=/fast/tmp"));
+}
+
+// A fabric is any RDMA device or an Omni-Path/PSM device node; a node with neither (or
+// with no /sys, /dev at all under the root) has none.
+TEST(NodeHasFabricTest, RdmaOrPsmDevicesOnly) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(::testing::TempDir()) / fmt::format("fabric-{}", ::getpid());
+  fs::remove_all(root);
+  EXPECT_FALSE(NodeHasFabric(root.string()));
+  fs::create_directories(root / "sys/class/infiniband");
+  fs::create_directories(root / "dev");
+  std::ofstream(root / "dev/null");
+  std::ofstream(root / "dev/nvidia0");
+  EXPECT_FALSE(NodeHasFabric(root.string()));
+  std::ofstream(root / "dev/hfi1_0");
+  EXPECT_TRUE(NodeHasFabric(root.string()));
+  fs::remove(root / "dev/hfi1_0");
+  fs::create_directories(root / "sys/class/infiniband/mlx5_0");
+  EXPECT_TRUE(NodeHasFabric(root.string()));
+  fs::remove_all(root);
 }
 
 }  // namespace
