@@ -88,11 +88,18 @@ endfunction()
 
 # cairn_cuda_library(NAME x SRCS ... [DEPS ...]): CUDA sources compiled as C++20 behind
 # a narrow (plain-types) header; target cairn_x with alias cairn::x.
+# MODULE: a plugin loaded with dlopen (into lib/), only its exported symbols visible.
 function(cairn_cuda_library)
-  cmake_parse_arguments(A "" "NAME" "SRCS;DEPS" ${ARGN})
+  cmake_parse_arguments(A "MODULE" "NAME" "SRCS;DEPS" ${ARGN})
   set(t cairn_${A_NAME})
-  add_library(${t} STATIC ${A_SRCS})
-  add_library(cairn::${A_NAME} ALIAS ${t})
+  if(A_MODULE)
+    add_library(${t} MODULE ${A_SRCS})
+    set_target_properties(${t} PROPERTIES CXX_VISIBILITY_PRESET hidden
+      CUDA_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON)
+  else()
+    add_library(${t} STATIC ${A_SRCS})
+    add_library(cairn::${A_NAME} ALIAS ${t})
+  endif()
   target_include_directories(${t} PUBLIC ${PROJECT_SOURCE_DIR})
   target_link_libraries(${t} PUBLIC ${A_DEPS})
   target_compile_options(${t} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall>)

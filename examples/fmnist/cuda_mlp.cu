@@ -176,6 +176,8 @@ struct Mlp {
   }
 };
 
+namespace impl {
+
 std::string Create(int device, const LayerOffsets& offsets, bool adam, Mlp** out) {
   *out = nullptr;
   CAIRN_CUDA(cudaSetDevice(device));
@@ -336,4 +338,15 @@ std::string Correct(Mlp* m, const float* xh, const uint8_t* yh, int n, int64_t* 
   return {};
 }
 
+}  // namespace impl
 }  // namespace cairn::fmnist::cuda
+
+extern "C" __attribute__((visibility("default"))) const cairn::fmnist::cuda::Api*
+cairn_fmnist_cuda_api() {
+  namespace c = cairn::fmnist::cuda;
+  static const c::Api api{c::kAbiVersion,    &c::impl::Create,    &c::impl::Destroy,
+                          &c::impl::PinHost, &c::impl::Upload,    &c::impl::Download,
+                          &c::impl::Gradient, &c::impl::DeviceGradient, &c::impl::ApplyAdam,
+                          &c::impl::ApplySgd, &c::impl::Correct};
+  return &api;
+}

@@ -8,7 +8,10 @@
 //
 // This header is the narrow interface between the host code (C++23) and the CUDA
 // translation unit (C++20): plain types only, and every fallible call returns an empty
-// string on success or the error message.
+// string on success or the error message. The CUDA code is a plugin,
+// libcairn_fmnist_cuda.so, loaded by the first Create (cuda_mlp_loader.cc) from the
+// executable's ../lib, its own directory, or the library path: only a process that
+// trains on a GPU links cuBLAS. A missing or mismatched plugin is Create's error.
 //
 // Threading: one thread per handle; all work runs on the handle's stream, and every call
 // returns with that stream idle, so callers may use the device buffers right away.
@@ -52,5 +55,24 @@ std::string ApplySgd(Mlp* mlp, float lr, float momentum, float grad_scale);
 
 // Number of correct predictions among n host samples.
 std::string Correct(Mlp* mlp, const float* x, const uint8_t* y, int n, int64_t* correct);
+
+// The plugin's side: the functions above, as one table, returned by the plugin's
+// extern "C" kApiSymbol.
+struct Api {
+  uint32_t abi_version;
+  std::string (*create)(int, const LayerOffsets&, bool, Mlp**);
+  void (*destroy)(Mlp*);
+  std::string (*pin_host)(Mlp*, void*, std::size_t);
+  std::string (*upload)(Mlp*, const float*, const float*, const float*);
+  std::string (*download)(Mlp*, float*, float*, float*);
+  std::string (*gradient)(Mlp*, const float*, const uint8_t*, int, double*);
+  float* (*device_gradient)(Mlp*);
+  std::string (*apply_adam)(Mlp*, float, float, float, float, uint64_t, float);
+  std::string (*apply_sgd)(Mlp*, float, float, float);
+  std::string (*correct)(Mlp*, const float*, const uint8_t*, int, int64_t*);
+};
+inline constexpr uint32_t kAbiVersion = 1;  // bump with any change to Api or the above
+inline constexpr const char* kApiSymbol = "cairn_fmnist_cuda_api";
+inline constexpr const char* kPluginName = "libcairn_fmnist_cuda.so";
 
 }  // namespace cairn::fmnist::cuda
