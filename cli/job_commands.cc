@@ -25,7 +25,7 @@ struct JobFlags {
   uint32_t ranks = 1, nodes = 0, ranks_per_node = 0, cpus_per_rank = 0, gpus_per_rank = 0;
   uint32_t max_restarts = 3;
   int32_t priority = 0;
-  std::string launcher, workdir, hang_timeout, grace_period, executor;
+  std::string launcher, workdir, hang_timeout, grace_period, executor, checkpoint_dir;
   std::vector<std::string> command;
   std::vector<std::string> inputs;
   std::string job_id;
@@ -48,6 +48,18 @@ std::string_view StateName(proto::JobState s) {
 
 Result<std::chrono::milliseconds> Duration(const std::string& flag, const std::string& text) {
   return WithContext(yaml::ParseDuration(text), flag);
+}
+
+// Why `dir` cannot be a job's checkpoint_dir ("" when it can): cairnd and the ranks (in
+// their own working directories, possibly on other hosts) must name the same directory.
+std::string CheckpointDirProblem(const std::string& dir) {
+  if (dir.find('\0') != std::string::npos || dir.find('\n') != std::string::npos) {
+    return "contains a NUL or newline character";
+  }
+  if (!std::filesystem::path(dir).is_absolute()) {
+    return "is not an absolute path (cairnd and the ranks must name the same directory)";
+  }
+  return "";
 }
 
 // The job spec from -f FILE (strict: unknown keys are errors naming file and line).
@@ -78,6 +90,12 @@ Result<proto::JobSpec> SpecFromYaml(const std::string& path) {
   CAIRN_RETURN_IF_ERROR(m.Optional("grace_period", &grace));
   CAIRN_RETURN_IF_ERROR(m.Optional("user", &user));
   CAIRN_RETURN_IF_ERROR(m.Optional("checkpoint_dir", &ckpt_dir));
+  if (!ckpt_dir.empty()) {
+    if (const std::string why = CheckpointDirProblem(ckpt_dir); !why.empty()) {
+      return MakeError(Code::kInvalidArgument, "{}key '{}': '{}' {}", m.Where(m.Raw("checkpoint_dir")),
+                       m.KeyPath("checkpoint_dir"), ckpt_dir, why);
+    }
+  }
   if (m.Has("inputs")) {
     const std::string where = m.KeyPath("inputs");
     YAML::Node list = m.Raw("inputs");
@@ -168,6 +186,12 @@ Result<proto::JobSpec> SpecFromFlags(const JobFlags& f) {
     *s.add_inputs() = std::move(in);
   }
   s.set_max_restarts(f.max_restarts);
+  if (!f.checkpoint_dir.empty()) {
+    if (const std::string why = CheckpointDirProblem(f.checkpoint_dir); !why.empty()) {
+      return MakeError(Code::kInvalidArgument, "--checkpoint-dir '{}' {}", f.checkpoint_dir, why);
+    }
+  }
+  s.set_checkpoint_dir(f.checkpoint_dir);
   if (!f.hang_timeout.empty()) {
     CAIRN_ASSIGN_OR_RETURN(auto d, Duration("--hang-timeout", f.hang_timeout));
     s.set_hang_timeout_ms(static_cast<uint64_t>(d.count()));
@@ -262,6 +286,10 @@ void RegisterJobCommands(CLI::App& app, Context* ctx) {
                      "pinned; the job does not start if the file differs). Repeatable")
       ->allow_extra_args(false);  // one value per --input; "--" still ends the options
   submit->add_option("--workdir", f->workdir, "Working directory of the ranks");
+  submit->add_option("--checkpoint-dir", f->checkpoint_dir,
+                     "Absolute path of the job's checkpoint directory: CAIRN_CKPT_DIR for the "
+                     "ranks; with --executor slurm, where cairnd finds each attempt's "
+                     "checkpoints (checkpoint head, attestations)");
   submit->add_option("--hang-timeout", f->hang_timeout, "No progress for this long = hung (5m)");
   submit->add_option("--grace-period", f->grace_period, "SIGTERM to SIGKILL on teardown (30s)");
   submit->add_option("command", f->command, "-- PROGRAM ARGS...");

@@ -51,6 +51,17 @@ Status ValidateJobSpec(proto::JobSpec* s) {
   if (s->cpus_per_rank() == 0) s->set_cpus_per_rank(1);
   if (s->hang_timeout_ms() == 0) s->set_hang_timeout_ms(5 * 60 * 1000);
   if (s->grace_period_ms() == 0) s->set_grace_period_ms(30 * 1000);
+  if (const std::string& d = s->checkpoint_dir(); !d.empty()) {
+    if (d.find('\0') != std::string::npos || d.find('\n') != std::string::npos) {
+      return bad("checkpoint_dir", "contains a NUL or newline character");
+    }
+    if (d[0] != '/') {
+      return bad("checkpoint_dir",
+                 fmt::format("'{}' is not an absolute path (cairnd and the ranks must name the "
+                             "same directory)",
+                             d));
+    }
+  }
   for (const auto& [k, v] : s->env()) {
     if (k.empty() || k.find('=') != std::string::npos) {
       return bad("env", fmt::format("'{}' is not a variable name", k));

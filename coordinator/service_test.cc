@@ -112,6 +112,16 @@ TEST_F(ServiceTest, BadRequestsGetNamedErrors) {
   EXPECT_NE(bad_launcher.error().message().find("launcher: 'ssh' is not mpi or env"),
             std::string::npos);
 
+  proto::SubmitJobRequest ckpt = Submit(1);
+  ckpt.mutable_spec()->set_checkpoint_dir("runs/ckpt");
+  auto bad_ckpt = service_->Handle(Request("SubmitJob", ckpt, 8));
+  ASSERT_TRUE(bad_ckpt.has_error());
+  EXPECT_EQ(bad_ckpt.error().code(), "INVALID_ARGUMENT");
+  EXPECT_NE(bad_ckpt.error().message().find(
+                "job spec: checkpoint_dir: 'runs/ckpt' is not an absolute path"),
+            std::string::npos)
+      << bad_ckpt.error().message();
+
   proto::Envelope garbage = Request("SubmitJob", Submit(1), 4);
   garbage.set_payload("\xff\xff\xff not protobuf");
   auto g = service_->Handle(garbage);

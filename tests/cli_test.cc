@@ -4,6 +4,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "common/io.h"
 
 #include "tests/process_util.h"
 
@@ -67,6 +71,51 @@ TEST(CliTest, ConfigIsValidatedWithFileLineAndKey) {
   EXPECT_EQ(agent.exit_code, 0);
   EXPECT_THAT(agent.output, HasSubstr("# detected: cpus="));
   std::filesystem::remove(path);
+}
+
+// `cairn submit --checkpoint-dir DIR` and the YAML key `checkpoint_dir` set the same spec
+// field; a relative path is refused before anything reaches cairnd, naming the flag or the
+// file, line and key.
+TEST(CliTest, SubmitTakesTheCheckpointDirFromTheFlagOrTheYamlKey) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("cairn_cli_ckpt_" + io::RandomSuffix());
+  fs::create_directories(dir);
+  const std::string state = (dir / "state").string();
+  struct Cleanup {
+    std::function<void()> fn;
+    ~Cleanup() { fn(); }
+  } cleanup{[&] {
+    testing::RunCairn(state, {"down"});
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }};
+
+  // Refused without a cairnd: the state directory is never created.
+  auto rel = testing::RunCairn(state, {"submit", "--checkpoint-dir", "runs/ckpt", "--", "/bin/true"});
+  EXPECT_EQ(rel.exit_code, 2) << rel.output;
+  EXPECT_THAT(rel.output, HasSubstr("--checkpoint-dir 'runs/ckpt' is not an absolute path"));
+  const fs::path bad_yaml = dir / "bad.yaml";
+  std::ofstream(bad_yaml) << "command: [/bin/true]\ncheckpoint_dir: runs/ckpt\n";
+  auto yrel = testing::RunCairn(state, {"submit", "-f", bad_yaml.string()});
+  EXPECT_EQ(yrel.exit_code, 2) << yrel.output;
+  EXPECT_THAT(yrel.output, HasSubstr(bad_yaml.string() +
+                                     ":2:17: key 'checkpoint_dir': 'runs/ckpt' is not an "
+                                     "absolute path"));
+  EXPECT_FALSE(fs::exists(state));
+
+  // Accepted: the job's spec holds the directory (no agents: the jobs stay pending).
+  auto up = testing::RunCairn(state, {"up", "--agents", "0"});
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  const std::string from_flag = (dir / "flag-ckpt").string();
+  auto s1 = testing::RunCairn(state, {"submit", "--checkpoint-dir", from_flag, "--", "/bin/true"});
+  const std::string id1 = testing::JobIdOf(s1);
+  EXPECT_EQ(testing::JobStatus(state, id1)["spec"].value("checkpoint_dir", ""), from_flag);
+  const std::string from_yaml = (dir / "yaml-ckpt").string();
+  const fs::path good_yaml = dir / "good.yaml";
+  std::ofstream(good_yaml) << "command: [/bin/true]\ncheckpoint_dir: " << from_yaml << "\n";
+  auto s2 = testing::RunCairn(state, {"submit", "-f", good_yaml.string()});
+  const std::string id2 = testing::JobIdOf(s2);
+  EXPECT_EQ(testing::JobStatus(state, id2)["spec"].value("checkpoint_dir", ""), from_yaml);
 }
 
 }  // namespace

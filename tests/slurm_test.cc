@@ -423,16 +423,14 @@ TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   auto job = [&](const std::string& id) { return JobStatus(state, id); };
   const std::vector<std::string> flags = {"--steps", "400", "--ckpt-every", "40"};
   auto reference = Reference(2, flags);
-  // As YAML: checkpoint_dir tells cairnd where the attempts' checkpoints are.
+  // --checkpoint-dir tells cairnd where the attempts' checkpoints are.
   const std::string ckpt_dir = (dir_ / "slurm-ckpt").string();
-  std::vector<std::string> command = {AbsBinDir() + "/cairn-fmnist", "--ckpt-dir", ckpt_dir,
-                                      "--key-file", key_};
-  command.insert(command.end(), flags.begin(), flags.end());
-  const fs::path spec = dir_ / "through-slurm.yaml";
-  std::ofstream(spec) << "name: through-slurm\nexecutor: slurm\nranks: 2\nlauncher: mpi\n"
-                      << "checkpoint_dir: " << nlohmann::json(ckpt_dir).dump() << "\n"
-                      << "command: " << nlohmann::json(command).dump() << "\n";
-  auto s = cairn({"submit", "-f", spec.string()});
+  std::vector<std::string> args = {
+      "submit", "--name", "through-slurm", "--executor", "slurm", "--ranks", "2",
+      "--launcher", "mpi", "--checkpoint-dir", ckpt_dir, "--",
+      AbsBinDir() + "/cairn-fmnist", "--ckpt-dir", ckpt_dir, "--key-file", key_};
+  args.insert(args.end(), flags.begin(), flags.end());
+  auto s = cairn(args);
   ASSERT_EQ(s.exit_code, 0) << s.output;
   const std::string id = s.output.substr(0, s.output.find('\n'));
 
