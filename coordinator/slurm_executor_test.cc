@@ -1,11 +1,14 @@
 // SlurmExecutor against a real one-node SLURM cluster (scripts/slurm/local-cluster,
-// started for the suite in its own directory and port, stopped at its end also when a
-// test fails), plus the parts that need no cluster (state mapping, script, bad input).
+// started for the suite in a fresh directory on free ports (tests/slurm_cluster.h), stopped
+// and removed at its end also when a test fails), plus the parts that need no cluster
+// (state mapping, script, bad input).
 // The cluster tests skip without root or without the SLURM packages.
 #include "coordinator/slurm_executor.h"
 
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -15,34 +18,13 @@
 
 #include "common/io.h"
 #include "tests/process_util.h"
+#include "tests/slurm_cluster.h"
 
 namespace cairn::coord {
 namespace {
 
 namespace fs = std::filesystem;
 using cairn::testing::RunCommand;
-
-const std::string kClusterDir = "/tmp/cairn-slurm-executor-test";
-const std::string kConf = kClusterDir + "/slurm.conf";
-
-std::string LocalCluster() {
-  const char* d = std::getenv("CAIRN_SOURCE_DIR");
-  return std::string(d ? d : ".") + "/scripts/slurm/local-cluster";
-}
-
-cairn::testing::CommandResult ClusterCtl(const std::string& verb) {
-  return RunCommand({LocalCluster(), verb},
-                    {{"CAIRN_SLURM_DIR", kClusterDir}, {"CAIRN_SLURM_PORT", "16827"}},
-                    std::chrono::seconds(90));
-}
-
-bool HaveSlurm() {
-  for (const char* p : {"/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged",
-                        "/usr/bin/sbatch", "/usr/bin/squeue"}) {
-    if (::access(p, X_OK) != 0) return false;
-  }
-  return true;
-}
 
 std::string ReadFile(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -184,29 +166,17 @@ TEST(SlurmExecutorClients, MissingClientIsAFailedPrecondition) {
 
 // ---- Against the cluster -----------------------------------------------------------
 
-struct ClusterGuard {
-  ~ClusterGuard() {
-    auto r = ClusterCtl("stop");
-    if (r.exit_code != 0) std::fprintf(stderr, "local-cluster stop: %s\n", r.output.c_str());
-  }
-};
-
 class SlurmExecutorTest : public ::testing::Test {
  public:
   static void SetUpTestSuite() {
-    if (::geteuid() != 0) {
-      skip_ = "needs root (a SLURM cluster on this machine)";
-      return;
-    }
-    if (!HaveSlurm()) {
-      skip_ = "SLURM is not installed (apt-get install slurmctld slurmd slurm-client munge)";
-      return;
-    }
-    ClusterCtl("stop");  // whatever a killed earlier run left
-    guard_ = std::make_unique<ClusterGuard>();
-    start_ = ClusterCtl("start");
+    skip_ = cairn::testing::LocalSlurmCluster::Unavailable();
+    if (!skip_.empty()) return;
+    cluster_ = std::make_unique<cairn::testing::LocalSlurmCluster>();
+    start_ = cluster_->Start();
+    conf_ = cluster_->conf();
   }
-  static void TearDownTestSuite() { guard_.reset(); }
+  // Stops the cluster and removes its directory, however the tests ended.
+  static void TearDownTestSuite() { cluster_.reset(); }
 
   void SetUp() override {
     if (!skip_.empty()) GTEST_SKIP() << skip_;
@@ -214,13 +184,13 @@ class SlurmExecutorTest : public ::testing::Test {
     dir_ = fs::temp_directory_path() / ("cairn_slurm_exec_" + io::RandomSuffix());
     fs::create_directories(dir_);
     SlurmExecutorOptions o;
-    o.slurm_conf = kConf;
+    o.slurm_conf = conf_;
     exec_ = std::make_unique<SlurmExecutor>(o);
   }
   void TearDown() override {
     if (!skip_.empty()) return;
     // Whatever a failed test left running.
-    auto q = RunCommand({"/usr/bin/squeue", "-h", "-o", "%A"}, {{"SLURM_CONF", kConf}});
+    auto q = RunCommand({"/usr/bin/squeue", "-h", "-o", "%A"}, {{"SLURM_CONF", conf_}});
     std::istringstream in(q.output);
     std::string id;
     while (in >> id) (void)exec_->Cancel(id);
@@ -274,7 +244,8 @@ class SlurmExecutorTest : public ::testing::Test {
 
   static inline std::string skip_;
   static inline cairn::testing::CommandResult start_;
-  static inline std::unique_ptr<ClusterGuard> guard_;
+  static inline std::unique_ptr<cairn::testing::LocalSlurmCluster> cluster_;
+  static inline std::string conf_;
   fs::path dir_;
   std::unique_ptr<SlurmExecutor> exec_;
 };
@@ -351,7 +322,7 @@ TEST_F(SlurmExecutorTest, JobCancelledByHandIsSeenAsCancelled) {
   auto id = exec_->Submit(Job({"/bin/sh", "-c", "echo started; exec sleep 300"}, "byhand"));
   ASSERT_TRUE(id.has_value()) << id.error().ToString();
   ASSERT_TRUE(WaitForText(dir_ / "byhand.out", "started"));
-  auto r = RunCommand({"/usr/bin/scancel", *id}, {{"SLURM_CONF", kConf}});
+  auto r = RunCommand({"/usr/bin/scancel", *id}, {{"SLURM_CONF", conf_}});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto s = WaitFinal(*id);
   EXPECT_EQ(s.state, SlurmJobState::kCancelled) << s.slurm_state;
@@ -429,11 +400,25 @@ TEST_F(SlurmExecutorTest, JobSlurmRefusesIsAnInvalidArgument) {
 }
 
 TEST_F(SlurmExecutorTest, UnreachableControllerIsUnavailable) {
-  // The same cluster's configuration with a port nothing listens on.
-  std::string conf = ReadFile(kConf);
+  // The same cluster's configuration with a port nothing listens on: bound here (so no
+  // one else takes it) but never listened on, so connections are refused.
+  const int held = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(held, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_ANY);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(held, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::getsockname(held, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{held};
+  std::string conf = ReadFile(conf_);
   const auto port = conf.find("SlurmctldPort=");
   ASSERT_NE(port, std::string::npos);
-  conf.replace(port, conf.find('\n', port) - port, "SlurmctldPort=16999");
+  conf.replace(port, conf.find('\n', port) - port,
+               "SlurmctldPort=" + std::to_string(ntohs(a.sin_port)));
   const auto mt = conf.find("MessageTimeout=");
   ASSERT_NE(mt, std::string::npos);
   conf.replace(mt, conf.find('\n', mt) - mt, "MessageTimeout=2");

@@ -14,8 +14,9 @@
 //     scancel by hand, and attests each attempt's checkpoints with its SLURM job id;
 //   - stopping the cluster leaves no daemon and no job process (checked in /proc).
 // Skips without root or without the SLURM packages. The cluster is started once for the
-// suite and stopped at its end, also when a test fails (a guard object); a cluster left by
-// a killed earlier run is stopped first.
+// suite, in a directory and on ports of its own (tests/slurm_cluster.h: runs from other
+// build directories may run at the same time), and stopped and removed at its end, also
+// when a test fails; clusters that killed earlier runs left are stopped first.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -40,6 +41,7 @@
 #include "provenance/attestation.h"
 #include "provenance/dsse.h"
 #include "tests/process_util.h"
+#include "tests/slurm_cluster.h"
 
 namespace cairn::testing {
 namespace {
@@ -47,19 +49,12 @@ namespace {
 namespace fs = std::filesystem;
 using std::chrono::seconds;
 
-// Its own directory and ports: a cluster someone started by hand (default
-// /tmp/cairn-slurm, port 6817) is not touched.
-const std::string kClusterDir = "/tmp/cairn-slurm-test";
-const std::string kPort = "16817";
-
 std::string SourceDir() {
   const char* d = std::getenv("CAIRN_SOURCE_DIR");
   return d ? d : ".";
 }
 
 std::string AbsBinDir() { return fs::absolute(BinDir()).lexically_normal().string(); }
-
-std::string LocalCluster() { return SourceDir() + "/scripts/slurm/local-cluster"; }
 
 // PATH lookup (RunCommand wants a path).
 std::string Which(const std::string& name) {
@@ -77,11 +72,13 @@ std::string Which(const std::string& name) {
   return "";
 }
 
-std::map<std::string, std::string> ClusterEnv() {
-  return {{"CAIRN_SLURM_DIR", kClusterDir},
-          {"CAIRN_SLURM_PORT", kPort},
-          {"SLURM_CONF", kClusterDir + "/slurm.conf"}};
+// The suite's cluster (started in SetUpTestSuite, stopped and removed at the end).
+std::unique_ptr<LocalSlurmCluster>& Cluster() {
+  static std::unique_ptr<LocalSlurmCluster> cluster;
+  return cluster;
 }
+
+std::map<std::string, std::string> ClusterEnv() { return Cluster()->Env(); }
 
 CommandResult Slurm(const std::string& tool, std::vector<std::string> args,
                     std::map<std::string, std::string> env = {}, seconds timeout = seconds(30)) {
@@ -91,9 +88,7 @@ CommandResult Slurm(const std::string& tool, std::vector<std::string> args,
   return RunCommand(args, e, timeout);
 }
 
-CommandResult ClusterCtl(const std::string& verb, seconds timeout = seconds(90)) {
-  return RunCommand({LocalCluster(), verb}, ClusterEnv(), timeout);
-}
+CommandResult ClusterCtl(const std::string& verb) { return Cluster()->Ctl(verb); }
 
 std::vector<uint64_t> AllNumbers(const std::string& out, const std::string& pattern) {
   std::vector<uint64_t> v;
@@ -143,29 +138,12 @@ JobInfo WaitForEnd(const std::string& id, seconds limit) {
   return j;
 }
 
-// Stops the cluster when the suite ends, however it ends.
-struct ClusterGuard {
-  ~ClusterGuard() {
-    auto r = ClusterCtl("stop");
-    if (r.exit_code != 0) std::fprintf(stderr, "local-cluster stop: %s\n", r.output.c_str());
-  }
-};
-
 class SlurmTest : public ::testing::Test {
  public:
   static void SetUpTestSuite() {
     skip_reason_.clear();
-    if (::geteuid() != 0) {
-      skip_reason_ = "needs root (slurmd runs jobs, munged and slurmctld run as root here)";
-      return;
-    }
-    for (const char* tool : {"slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol"}) {
-      if (Which(tool).empty()) {
-        skip_reason_ = std::string(tool) +
-                       " is not installed (apt-get install slurmctld slurmd slurm-client munge)";
-        return;
-      }
-    }
+    skip_reason_ = LocalSlurmCluster::Unavailable();
+    if (!skip_reason_.empty()) return;
     // Clients and the jobs' environment: only this cluster's SLURM_CONF.
     for (char** e = environ; *e != nullptr;) {
       std::string kv(*e);
@@ -175,12 +153,12 @@ class SlurmTest : public ::testing::Test {
         ++e;
       }
     }
-    ::setenv("SLURM_CONF", (kClusterDir + "/slurm.conf").c_str(), 1);
-    ClusterCtl("stop");  // whatever a killed earlier run left
-    guard_ = std::make_unique<ClusterGuard>();
-    start_ = ClusterCtl("start");
+    Cluster() = std::make_unique<LocalSlurmCluster>();
+    start_ = Cluster()->Start();
+    ::setenv("SLURM_CONF", Cluster()->conf().c_str(), 1);
   }
-  static void TearDownTestSuite() { guard_.reset(); }
+  // Stops the cluster and removes its directory, however the tests ended.
+  static void TearDownTestSuite() { Cluster().reset(); }
 
   void SetUp() override {
     if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;
@@ -257,7 +235,6 @@ class SlurmTest : public ::testing::Test {
   static inline std::string skip_reason_;
   static inline CommandResult start_;
   static inline bool stopped_ = false;  // by the last test
-  static inline std::unique_ptr<ClusterGuard> guard_;
   fs::path dir_;
   std::string key_;
 };
@@ -266,8 +243,7 @@ TEST_F(SlurmTest, StartIsIdempotentAndStatusSaysUp) {
   auto again = ClusterCtl("start");
   EXPECT_EQ(again.exit_code, 0) << again.output;
   EXPECT_NE(again.output.find("already running"), std::string::npos) << again.output;
-  EXPECT_NE(again.output.find("export SLURM_CONF=" + kClusterDir + "/slurm.conf"),
-            std::string::npos)
+  EXPECT_NE(again.output.find("export SLURM_CONF=" + Cluster()->conf()), std::string::npos)
       << again.output;
   auto status = ClusterCtl("status");
   EXPECT_EQ(status.exit_code, 0) << status.output;
@@ -570,7 +546,7 @@ TEST_F(SlurmTest, StopLeavesNoDaemonAndNoJobProcess) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   std::this_thread::sleep_for(std::chrono::seconds(1));  // the step starts
-  EXPECT_FALSE(ProcessesMentioning(kClusterDir).empty());
+  EXPECT_FALSE(ProcessesMentioning(Cluster()->dir()).empty());
 
   auto stop = ClusterCtl("stop");
   stopped_ = true;
@@ -583,7 +559,7 @@ TEST_F(SlurmTest, StopLeavesNoDaemonAndNoJobProcess) {
   // Nothing of the cluster (daemons: their command lines; job processes: SLURM_CONF in
   // their environment), nothing any test started (paths under the test directories).
   std::string left;
-  for (pid_t p : ProcessesMentioning(kClusterDir)) left += DescribeProcess(p) + "\n";
+  for (pid_t p : ProcessesMentioning(Cluster()->dir())) left += DescribeProcess(p) + "\n";
   for (pid_t p : ProcessesMentioning("cairn_slurm_test_")) left += DescribeProcess(p) + "\n";
   EXPECT_EQ(left, "") << "still running after local-cluster stop";
 }
