@@ -725,10 +725,19 @@ Status JobManager::Finish(Run& run) {
     CAIRN_ASSIGN_OR_RETURN(auto js, store_->GetJob(job_id));
     switch (run.outcome) {
       case proto::RUN_SUCCEEDED:
-        if (!js.checkpoint_head().empty()) {
-          Attest(run, js.checkpoint_step(), js.checkpoint_head(), true);
-        }
         final_message = fmt::format("succeeded at step {} after {} restart(s)", step, js.restarts());
+        if (!js.checkpoint_head().empty() && js.checkpoint_head() != run.expected_head) {
+          Attest(run, js.checkpoint_step(), js.checkpoint_head(), true);
+        } else if (!js.checkpoint_head().empty()) {
+          // The head is still the one the attempt was handed: an earlier attempt wrote it
+          // (its manifest binds that attempt's record, and that attempt attested it). This
+          // attempt produced no checkpoint, so it attests none: its record names the
+          // checkpoint as what it resumed from, its input.
+          final_message += fmt::format(
+              "; it wrote no checkpoint of its own: the job's last checkpoint is step {}, "
+              "written by an earlier attempt",
+              js.checkpoint_step());
+        }
         CAIRN_RETURN_IF_ERROR(store_->SetJobState(job_id, proto::JOB_SUCCEEDED, final_message, now));
         return store_->AppendEvent(job_id, "succeeded", final_message, now);
       case proto::RUN_PREEMPTED:

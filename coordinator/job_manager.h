@@ -86,7 +86,9 @@ class JobManager {
 
   // Provenance (optional): each attempt's record is prepared before its orders go out
   // (inputs hashed and pins checked; a pin that does not match fails the job without a
-  // restart), and every checkpoint head an attempt reports, and the final one, is attested.
+  // restart), and every checkpoint head an attempt reports is attested, and at success the
+  // final head if the succeeding attempt wrote it (one that resumed from the job's last
+  // checkpoint and wrote none attests nothing: that manifest binds an earlier attempt).
   void set_provenance(ProvenanceKeeper* keeper) { keeper_ = keeper; }
   const ProvenanceKeeper* provenance() const { return keeper_; }
 

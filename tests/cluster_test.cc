@@ -198,6 +198,41 @@ TEST_F(ClusterTest, KilledRankIsRestartedFromTheCheckpointWithIdenticalWeights) 
   EXPECT_EQ(verify.exit_code, 0) << verify.output;
 }
 
+// Regression: an attempt that succeeds without writing a checkpoint of its own (attempt 1
+// trained to the last step and checkpointed it, then failed; attempt 2 resumes at the last
+// step, has nothing left to train or save, and exits 0) used to get a "final" attestation
+// of attempt 1's checkpoint signed with attempt 2's record, which `cairn lineage verify`
+// rejects (the manifest binds attempt 1's record). Now every attestation names the
+// attempt whose record the checkpoint binds, and verify passes.
+TEST_F(ClusterTest, SuccessWithoutACheckpointOfItsOwnAttestsNoOtherAttemptsCheckpoint) {
+  const std::string ckpt = (dir_ / "resumed-at-end").string();
+  const std::string id = testing::JobIdOf(Cli(
+      {"submit", "--ranks", "1", "--launcher", "mpi", "--name", "resumed-at-end",
+       "--max-restarts", "1", "--checkpoint-dir", ckpt, "--", "/bin/sh", "-c",
+       "cairn-fmnist \"$@\" || exit; [ \"$CAIRN_ATTEMPT\" != 1 ] || exit 3", "sh", "--steps",
+       "40", "--ckpt-every", "20", "--key-file", key_, "--ckpt-dir", ckpt}));
+  auto w = Cli({"wait", id, "--timeout", "180s"});
+  EXPECT_EQ(w.exit_code, 0) << w.output;
+  auto j = Job(id);
+  EXPECT_EQ(j["state"], "JOB_SUCCEEDED") << j.dump(1);
+  ASSERT_EQ(j["runs"].size(), 2u) << j.dump(1);
+  EXPECT_EQ(j["runs"][0]["state"], "RUN_FAILED") << j.dump(1);
+  EXPECT_EQ(j["runs"][1].value("resumed_from_step", std::string()), "40") << j.dump(1);
+  EXPECT_NE(j.value("message", "").find("wrote no checkpoint of its own"), std::string::npos)
+      << j.dump(1);
+  // Attempt 1's checkpoints are attested under attempt 1; attempt 2 attests nothing.
+  auto l = Lineage(id)[0];
+  std::set<std::string> attested;
+  for (const auto& a : l["attestations"]) {
+    EXPECT_EQ(a.value("attempt", 0u), 1u) << a.dump();
+    attested.insert(a.value("name", std::string()));
+  }
+  EXPECT_TRUE(attested.contains("checkpoint step 40")) << l.dump(1);
+  auto verify = Cli({"lineage", "verify", id});
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  EXPECT_NE(verify.output.find(", 0 failed"), std::string::npos) << verify.output;
+}
+
 // Provenance end to end: code versions (clean and dirty tree), inputs with pins, signed
 // attestations that `cairn lineage verify` checks (and catches when tampered with), a
 // pinned input changed by one byte refusing the job, and a job started from another's
