@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/crypto.h"
 #include "checkpoint/store.h"
 #include "common/io.h"
 #include "common/log.h"
@@ -130,7 +131,10 @@ JobManager::JobManager(StateStore* store, Scheduler* scheduler, Clock clock, Nod
       scheduler_(scheduler),
       clock_(std::move(clock)),
       node_view_(std::move(nodes)),
-      options_(options) {}
+      options_(options) {
+  const std::string seed = "cairn.cluster-id.v1\n" + options_.cluster_secret;
+  cluster_id_ = ckpt::ToHex(ckpt::Sha256Of(std::as_bytes(std::span(seed)))).substr(0, 8);
+}
 
 void JobManager::Event(const std::string& job_id, const std::string& kind,
                        const std::string& message) {
@@ -205,6 +209,23 @@ Status JobManager::Recover() {
     const proto::RunStatus* last = js.runs().empty() ? nullptr : &js.runs(js.runs_size() - 1);
     const bool live = last != nullptr && (last->state() == proto::RUN_STARTING ||
                                           last->state() == proto::RUN_RUNNING);
+    if (live && js.spec().executor() == "slurm" && last->executor_job_id().empty() &&
+        slurm_ != nullptr) {
+      // Stopped after the attempt began, before sbatch answered (or before its answer was
+      // stored): SLURM may or may not have its job. Find it before anything else.
+      Run r = Restored(js, *last, now);
+      r.slurm = true;
+      r.slurm_adopting = true;
+      auto& run = runs_[r.job_id] = std::move(r);
+      LoadRecord(run);
+      if (js.state() == proto::JOB_CANCELLED) {
+        Stop(run, proto::RUN_CANCELLED, "cancelled", "", 0);
+      }
+      Log()->info("job {}: attempt {} began but sbatch never answered: looking for SLURM job {}",
+                  run.job_id, run.attempt, SlurmJobName(run));
+      AdoptSlurm(run);
+      continue;
+    }
     if (live && js.spec().executor() == "slurm" && !last->executor_job_id().empty()) {
       // A SLURM job keeps running without cairnd: follow it again.
       Run r = Restored(js, *last, now);
@@ -682,7 +703,10 @@ void JobManager::Stop(Run& run, proto::RunState outcome, std::string why, std::s
 
 void JobManager::MaybeFinish(Run& run) {
   // A SLURM job is over when SLURM says so (or when it never got one).
-  if (run.slurm && (run.slurm_submitting || (!run.slurm_id.empty() && !run.slurm_final))) return;
+  if (run.slurm && (run.slurm_submitting || run.slurm_adopting ||
+                    (!run.slurm_id.empty() && !run.slurm_final))) {
+    return;
+  }
   for (const auto& n : run.nodes) {
     if (!node_view_(n).alive) continue;  // lost: its agent stops the run by itself
     auto r = run.reports.find(n);
@@ -845,9 +869,85 @@ Status JobManager::StartSlurmRun(const std::string& job_id) {
   return OkStatus();
 }
 
+std::string JobManager::SlurmJobName(const Run& run) const {
+  return fmt::format("cairn-{}-{}", cluster_id_, run.run_id);
+}
+
+std::string JobManager::AttemptDir(const Run& run) const {
+  return fmt::format("{}/logs/{}/attempt-{}", options_.state_dir, run.job_id, run.attempt);
+}
+
+void JobManager::AdoptSlurm(Run& run) {
+  run.slurm_adopt_busy = true;
+  slurm_worker_->Run([this, exec = slurm_, name = SlurmJobName(run),
+                      script = AttemptDir(run) + "/job.sbatch", job_id = run.job_id,
+                      attempt = run.attempt]() -> std::function<void()> {
+    // An sbatch the old coordinator started may still be on its way to slurmctld: until
+    // it is gone, slurmctld's answer could change.
+    const std::vector<int> submitters = SlurmExecutor::SubmittersOf(script);
+    Result<std::vector<SlurmJobStatus>> found =
+        submitters.empty() ? exec->FindByName(name)
+                           : Result<std::vector<SlurmJobStatus>>(std::unexpected(Error(
+                                 Code::kUnavailable,
+                                 fmt::format("{} process(es) still submitting {} (pid {})",
+                                             submitters.size(), script, submitters.front()))));
+    return [this, job_id, attempt, name, found = std::move(found)] {
+      auto it = runs_.find(job_id);
+      if (it == runs_.end() || it->second.attempt != attempt) return;
+      Run& run = it->second;
+      run.slurm_adopt_busy = false;
+      if (!found) {
+        // Ask again later (Tick): slurmctld away, or a submitter still running.
+        run.slurm_adopt_at_ms = clock_() + options_.slurm_poll_ms;
+        Log()->warn("job {}: attempt {}: looking for SLURM job {}: {}", job_id, attempt, name,
+                    found.error().ToString());
+        return;
+      }
+      run.slurm_adopting = false;
+      if (found->empty()) {
+        if (run.stopping) {
+          MaybeFinish(run);  // cancelled, and SLURM never had it: nothing to stop
+          return;
+        }
+        Event(job_id, "slurm-resubmitted",
+              fmt::format("attempt {}: SLURM never got its job (cairnd stopped before sbatch "
+                          "answered): submitting it now",
+                          attempt));
+        if (keeper_ != nullptr && run.provenance_digest.empty()) {
+          BeginPrepare(run, clock_());  // its record was not stored yet: then sbatch
+        } else {
+          SubmitSlurm(run);
+        }
+        return;
+      }
+      const SlurmJobStatus& adopted = found->front();
+      run.slurm_id = adopted.id;
+      (void)store_->SetRunExecutorId(job_id, attempt, adopted.id);
+      Event(job_id, "slurm-adopted",
+            fmt::format("attempt {}: SLURM job {} ({}), submitted before cairnd stopped",
+                        attempt, adopted.id, adopted.slurm_state));
+      Log()->info("job {}: attempt {} is SLURM job {} (adopted)", job_id, attempt, adopted.id);
+      for (std::size_t i = 1; i < found->size(); ++i) {
+        // Never two jobs for one attempt: any other of that name goes.
+        const std::string other = (*found)[i].id;
+        Event(job_id, "slurm-duplicate",
+              fmt::format("attempt {}: SLURM job {} has the same name: cancelled", attempt, other));
+        slurm_worker_->Run([exec = slurm_, other]() -> std::function<void()> {
+          auto st = exec->Cancel(other);
+          return [st = std::move(st), other] {
+            if (!st) Log()->warn("scancel {}: {}", other, st.error().ToString());
+          };
+        });
+      }
+      if (run.stopping) CancelSlurm(run);
+      PollSlurm();
+    };
+  });
+}
+
 void JobManager::SubmitSlurm(Run& run) {
   SlurmJobRequest req;
-  req.name = "cairn-" + run.run_id;
+  req.name = SlurmJobName(run);
   req.command.assign(run.spec.command().begin(), run.spec.command().end());
   req.launcher = run.spec.launcher();
   req.ranks = run.spec.ranks();
@@ -865,8 +965,7 @@ void JobManager::SubmitSlurm(Run& run) {
   if (!run.spec.checkpoint_dir().empty()) req.env["CAIRN_CKPT_DIR"] = run.spec.checkpoint_dir();
   if (!run.provenance_digest.empty()) req.env["CAIRN_PROVENANCE_DIGEST"] = run.provenance_digest;
   req.master_port = static_cast<uint16_t>(run.master_port);
-  const std::string attempt_dir =
-      fmt::format("{}/logs/{}/attempt-{}", options_.state_dir, run.job_id, run.attempt);
+  const std::string attempt_dir = AttemptDir(run);
   req.script_dir = attempt_dir;
   req.output_path = attempt_dir + "/slurm.out";
   run.slurm_submitting = true;
@@ -1189,6 +1288,9 @@ void JobManager::Tick() {
     auto it = runs_.find(job_id);
     if (it == runs_.end()) continue;
     Run& run = it->second;
+    if (run.slurm_adopting && !run.slurm_adopt_busy && now >= run.slurm_adopt_at_ms) {
+      AdoptSlurm(run);
+    }
     if (run.stopping) {
       MaybeFinish(run);
       continue;

@@ -61,6 +61,9 @@ struct JobManagerOptions {
                                        // registers again)
   std::string state_dir;               // slurm executor: batch scripts and output under it
   int64_t slurm_poll_ms = 1000;        // how often SLURM is asked about its jobs
+  // The cluster's secret (its token): SLURM job names carry an id derived from it, so
+  // that the attempts of several cairnd on one SLURM cluster never share a name.
+  std::string cluster_secret;
 };
 
 // What the manager needs to know of a node it does not own.
@@ -103,6 +106,13 @@ class JobManager {
   // the checkpoints of that directory that the attempt committed (their manifests bind
   // the attempt's record) are attested and the newest becomes the job's checkpoint head.
   // Every attestation of a SLURM attempt carries its SLURM job id in the signed statement.
+  // Each attempt's SLURM job is named cairn-<cluster id>-<run id>. When the coordinator
+  // stopped (a crash) after an attempt began but before sbatch answered, Recover finds
+  // the attempt again: once no submitter of its batch script is left on this host, it
+  // asks slurmctld for jobs of that name, adopts the job it finds (and cancels any other),
+  // or, when SLURM never got one, submits it now: one SLURM job per attempt. (A job that
+  // ended longer ago than slurmctld remembers finished jobs, MinJobAge, cannot be found:
+  // it is submitted again.)
   void set_slurm(SlurmExecutor* executor, BlockingWorker* worker) {
     slurm_ = executor;
     slurm_worker_ = worker;
@@ -187,6 +197,11 @@ class JobManager {
     int slurm_unknown = 0;       // polls in a row that SLURM did not know the job
     bool slurm_scanning = false;  // its checkpoint directory is being read (SLURM is done)
     bool slurm_scanned = false;   // ... and was read: the attempt may end
+    // After a coordinator restart, an attempt whose sbatch never answered: its SLURM job
+    // is being looked for (by name), not yet adopted or submitted again.
+    bool slurm_adopting = false;
+    bool slurm_adopt_busy = false;  // a lookup is in flight
+    int64_t slurm_adopt_at_ms = 0;  // the next lookup, not before
     std::string ckpt_dir;  // as rank 0 reported it
   };
   struct Waiting {  // a job between attempts
@@ -202,6 +217,10 @@ class JobManager {
   // nothing to read (no checkpoint_dir, no provenance record).
   bool BeginSlurmScan(Run& run, const SlurmJobStatus& final_status);
   void CancelSlurm(Run& run);
+  // Looks for the SLURM job of an attempt whose sbatch never answered (see set_slurm).
+  void AdoptSlurm(Run& run);
+  std::string SlurmJobName(const Run& run) const;
+  std::string AttemptDir(const Run& run) const;
   Run Restored(const proto::JobStatus& js, const proto::RunStatus& last, int64_t now) const;
   // The attempt's stored provenance record into `run`; false if there is none.
   bool LoadRecord(Run& run);
@@ -231,6 +250,7 @@ class JobManager {
   SlurmExecutor* slurm_ = nullptr;
   BlockingWorker* slurm_worker_ = nullptr;
   std::vector<std::string> slurm_queue_;  // slurm-executor jobs waiting to be submitted
+  std::string cluster_id_;                // from options_.cluster_secret: 8 hex digits
   bool slurm_polling_ = false;
   int64_t slurm_polled_ms_ = 0;
 

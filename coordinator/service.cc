@@ -86,6 +86,13 @@ Status ValidateJobSpec(proto::JobSpec* s) {
   return OkStatus();
 }
 
+namespace {
+JobManagerOptions WithSecret(JobManagerOptions o, const std::string& secret) {
+  o.cluster_secret = secret;
+  return o;
+}
+}  // namespace
+
 Service::Service(StateStore* store, std::string cluster_token, Clock clock,
                  ServiceOptions options)
     : store_(store),
@@ -103,7 +110,7 @@ Service::Service(StateStore* store, std::string cluster_token, Clock clock,
               }
               return v;
             },
-            options.jobs),
+            WithSecret(options.jobs, token_)),
       logs_(options.jobs.state_dir, store) {}
 
 Status Service::Recover() {

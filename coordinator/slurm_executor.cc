@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "common/io.h"
@@ -419,6 +420,55 @@ Result<std::vector<SlurmJobStatus>> SlurmExecutor::Query(
     result.push_back(s);
   }
   return result;
+}
+
+Result<std::vector<SlurmJobStatus>> SlurmExecutor::FindByName(const std::string& name) const {
+  if (!ValidToken(name, 128)) {
+    return MakeError(Code::kInvalidArgument, "job name '{}': letters, digits, '.', '_', '-'", name);
+  }
+  CAIRN_ASSIGN_OR_RETURN(const ClientOutput out,
+                         RunClient(options_, "squeue",
+                                   {"--noheader", "--states=all", "--name=" + name,
+                                    "--format=%i|%T|%r"}));
+  if (out.exit_code != 0) return ClientError("squeue", out, Code::kInternal);
+  std::vector<SlurmJobStatus> found;
+  std::istringstream lines(out.out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto a = line.find('|'), b = line.find('|', a + 1);
+    if (a == std::string::npos || b == std::string::npos || !AllDigits(line.substr(0, a))) {
+      return MakeError(Code::kInternal, "squeue printed an unexpected line: '{}'", line);
+    }
+    SlurmJobStatus st;
+    st.id = line.substr(0, a);
+    st.slurm_state = line.substr(a + 1, b - a - 1);
+    st.reason = line.substr(b + 1);
+    st.state = SlurmJobStateFromSlurm(st.slurm_state);
+    found.push_back(std::move(st));
+  }
+  std::sort(found.begin(), found.end(), [](const SlurmJobStatus& x, const SlurmJobStatus& y) {
+    return x.id.size() != y.id.size() ? x.id.size() < y.id.size() : x.id < y.id;
+  });
+  return found;
+}
+
+std::vector<int> SlurmExecutor::SubmittersOf(const std::string& script_path) {
+  std::vector<int> pids;
+  std::error_code ec;
+  const int self = static_cast<int>(::getpid());
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename().string();
+    if (!AllDigits(name) || std::stoi(name) == self) continue;
+    std::ifstream in(e.path() / "cmdline", std::ios::binary);
+    std::string arg;
+    while (std::getline(in, arg, '\0')) {
+      if (arg == script_path) {
+        pids.push_back(std::stoi(name));
+        break;
+      }
+    }
+  }
+  return pids;
 }
 
 Status SlurmExecutor::Cancel(const std::string& id, std::optional<int> signal) const {

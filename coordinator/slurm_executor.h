@@ -35,6 +35,13 @@
 // timeout (retry later); kFailedPrecondition when a SLURM client is not installed;
 // kNotFound when cancelling a job slurmctld does not know.
 //
+// Finding a submission again (a submitter that died before sbatch answered): FindByName
+// lists the jobs slurmctld knows under a job name (pending, running, and finished ones
+// for MinJobAge), and SubmittersOf the processes on this host still submitting a given
+// batch script (an sbatch, or a wrapper of it, whose arguments name the script). Once no
+// such process is left, slurmctld's answer by name is final: the job exists or it never
+// will.
+//
 // Threading: every call blocks until its SLURM client returns, at most `timeout` (the
 // coordinator calls it from a worker thread, never from its io_context). The executor
 // holds only its options: calls from several threads at once are safe.
@@ -125,6 +132,13 @@ class SlurmExecutor {
 
   // The script Submit would write for `request` (validated as by Submit).
   Result<std::string> BatchScript(const SlurmJobRequest& request) const;
+
+  // Every job slurmctld knows by this job name (any state), ascending by id.
+  Result<std::vector<SlurmJobStatus>> FindByName(const std::string& name) const;
+
+  // Processes of this host whose arguments include `script_path` (submitters of that
+  // script still running), from /proc.
+  static std::vector<int> SubmittersOf(const std::string& script_path);
 
  private:
   SlurmExecutorOptions options_;

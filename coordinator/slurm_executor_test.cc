@@ -350,6 +350,48 @@ TEST_F(SlurmExecutorTest, SignalReachesEveryRank) {
   EXPECT_EQ(late.error().code(), Code::kFailedPrecondition) << late.error().ToString();
 }
 
+// Finding a submission again after the submitter died: by job name (any state), and the
+// processes still submitting a script.
+TEST_F(SlurmExecutorTest, FindsJobsByNameAndSubmittersOfAScript) {
+  const std::string name = "findme-" + io::RandomSuffix();
+  auto none = exec_->FindByName(name);
+  ASSERT_TRUE(none.has_value()) << none.error().ToString();
+  EXPECT_TRUE(none->empty());
+  auto first = exec_->Submit(Job({"/bin/true"}, name));
+  ASSERT_TRUE(first.has_value()) << first.error().ToString();
+  WaitFinal(*first);
+  auto second = exec_->Submit(Job({"/bin/sh", "-c", "exec sleep 300"}, name));
+  ASSERT_TRUE(second.has_value()) << second.error().ToString();
+  auto both = exec_->FindByName(name);
+  ASSERT_TRUE(both.has_value()) << both.error().ToString();
+  ASSERT_EQ(both->size(), 2u);
+  EXPECT_EQ((*both)[0].id, *first);  // ascending by id, finished ones too
+  EXPECT_EQ((*both)[0].state, SlurmJobState::kCompleted);
+  EXPECT_EQ((*both)[1].id, *second);
+  ASSERT_TRUE(exec_->Cancel(*second).has_value());
+  auto bad = exec_->FindByName("a b");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_EQ(bad.error().code(), Code::kInvalidArgument);
+
+  // A process whose arguments name the script is a submitter until it ends.
+  const std::string script = (dir_ / name / "job.sbatch").string();
+  EXPECT_TRUE(SlurmExecutor::SubmittersOf(script).empty());
+  auto child = cairn::testing::SpawnWithOutput({"/bin/sh", "-c", "sleep 30; :", "sh", script},
+                                               {}, /*own_group=*/true);
+  ASSERT_GT(child.pid, 0);
+  std::vector<int> found;
+  for (int i = 0; i < 50 && found.empty(); ++i) {
+    found = SlurmExecutor::SubmittersOf(script);
+    if (found.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(found, std::vector<int>{child.pid});
+  EXPECT_TRUE(SlurmExecutor::SubmittersOf(script + ".other").empty());
+  ::kill(-child.pid, SIGKILL);  // the shell and its sleep
+  ::waitpid(child.pid, nullptr, 0);
+  ::close(child.output);
+  EXPECT_TRUE(SlurmExecutor::SubmittersOf(script).empty());
+}
+
 TEST_F(SlurmExecutorTest, UnknownAndMalformedIds) {
   auto q = exec_->Query({"999999"});
   ASSERT_TRUE(q.has_value()) << q.error().ToString();

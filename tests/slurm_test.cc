@@ -531,6 +531,88 @@ TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   EXPECT_EQ(job(id2)["state"], "JOB_CANCELLED");
 }
 
+// cairnd stops (kill -9) after an attempt began and before sbatch answered. Fault
+// injection: a fake sbatch first in cairnd's PATH kills its parent, cairnd, at the first
+// call; then either the real sbatch submits 3 s later (a submission still on its way while
+// cairnd restarts) or nothing is ever submitted. Restarted (`cairn up`), cairnd waits for
+// the old submitter to end, then finds the attempt's SLURM job by name and adopts it, or,
+// SLURM never having had one, submits it: the attempt goes on without a failure, and
+// SLURM has exactly one job for it.
+TEST_F(SlurmTest, CairndStoppedDuringSbatchAdoptsOrResubmitsTheAttempt) {
+  const std::string sbatch = Which("sbatch");
+  for (const bool submitted : {true, false}) {
+    SCOPED_TRACE(submitted ? "SLURM got the job" : "SLURM never got the job");
+    const std::string name = submitted ? "adopt" : "resubmit";
+    const std::string state = (dir_ / name).string();
+    const fs::path fake = dir_ / ("fake-sbatch-" + name);
+    fs::create_directories(fake);
+    const std::string marker = (fake / "fired").string();
+    std::ofstream(fake / "sbatch")
+        << "#!/bin/sh\n"
+        << "# Fault injection: the first call kills cairnd (its parent) before sbatch answers.\n"
+        << "if [ ! -e '" << marker << "' ]; then\n"
+        << "  : > '" << marker << "'\n"
+        << "  kill -9 $PPID\n"
+        << (submitted ? "  sleep 3\n  exec '" + sbatch + "' \"$@\"\n" : std::string("  exit 1\n"))
+        << "fi\n"
+        << "exec '" << sbatch << "' \"$@\"\n";
+    fs::permissions(fake / "sbatch", fs::perms::owner_all);
+    const std::map<std::string, std::string> env = {
+        {"PATH", fake.string() + ":" + std::getenv("PATH")}};
+    auto cairn = [&](std::vector<std::string> args, seconds timeout = seconds(120)) {
+      return RunCairn(state, std::move(args), env, timeout);
+    };
+    struct Down {
+      std::function<void()> fn;
+      ~Down() { fn(); }
+    } down{[&] { cairn({"down"}); }};
+    auto up = cairn({"up", "--agents", "0", "--slurm"});
+    ASSERT_EQ(up.exit_code, 0) << up.output;
+    std::ifstream pids(fs::path(state) / "cluster.pids");
+    pid_t cairnd = -1;
+    ASSERT_TRUE(pids >> cairnd) << "no cairnd pid in " << state << "/cluster.pids";
+    auto s = cairn({"submit", "--executor", "slurm", "--ranks", "1", "--", "/bin/sh", "-c",
+                    "sleep 3; echo attempt-ran"});
+    const std::string id = JobIdOf(s);
+    ASSERT_FALSE(id.empty());
+    // cairnd is killed by its sbatch.
+    const auto gone = WaitUntilNone(
+        [&]() -> std::vector<pid_t> {
+          const auto live = LivePids();
+          return std::find(live.begin(), live.end(), cairnd) == live.end()
+                     ? std::vector<pid_t>{}
+                     : std::vector<pid_t>{cairnd};
+        },
+        std::chrono::seconds(60));
+    ASSERT_TRUE(gone.empty()) << "cairnd was not killed by the fake sbatch\n"
+                              << ReadFile(fs::path(state) / "cairnd.log");
+    ASSERT_TRUE(fs::exists(marker));
+    auto again = cairn({"up", "--agents", "0", "--slurm"});  // a new cairnd, same state
+    ASSERT_EQ(again.exit_code, 0) << again.output;
+    auto w = cairn({"wait", id, "--timeout", "120s"}, seconds(140));
+    EXPECT_EQ(w.exit_code, 0) << w.output << ReadFile(fs::path(state) / "cairnd.log");
+    EXPECT_NE(w.output.find(submitted ? "slurm-adopted" : "slurm-resubmitted"),
+              std::string::npos)
+        << w.output;
+    auto j = JobStatus(state, id);
+    EXPECT_EQ(j["state"], "JOB_SUCCEEDED") << j.dump(1);
+    ASSERT_EQ(j["runs"].size(), 1u) << j.dump(1);  // the attempt went on: no failure
+    const std::string slurm_id = j["runs"][0].value("executor_job_id", std::string());
+    ASSERT_FALSE(slurm_id.empty()) << j.dump(1);
+    EXPECT_NE(ReadFile(fs::path(state) / "logs" / id / "attempt-1" / "slurm.out")
+                  .find("attempt-ran"),
+              std::string::npos);
+    // Exactly one SLURM job under the attempt's name.
+    std::smatch m;
+    const std::string shown = ShowJob(slurm_id).raw;
+    ASSERT_TRUE(std::regex_search(shown, m, std::regex(R"(JobName=(\S+))"))) << shown;
+    const std::string job_name = m[1];
+    EXPECT_NE(job_name.find(id + ".1"), std::string::npos) << job_name;
+    auto named = Slurm("squeue", {"--noheader", "--states=all", "--name=" + job_name, "-o", "%i"});
+    EXPECT_EQ(named.output, slurm_id + "\n") << "SLURM jobs named " << job_name;
+  }
+}
+
 // (d) Last: stop leaves nothing running, and says so; status says down.
 TEST_F(SlurmTest, StopLeavesNoDaemonAndNoJobProcess) {
   // A job that is still running when the cluster stops, with a process that left the
