@@ -176,7 +176,11 @@ struct Mlp {
   }
 };
 
+// The plugin's functions (cuda_mlp.h's, served through the Api table): their own
+// namespace, so that no call inside the plugin binds to the host side's names.
 namespace impl {
+
+void Destroy(Mlp* m);  // called qualified: ADL would also find cuda::Destroy
 
 std::string Create(int device, const LayerOffsets& offsets, bool adam, Mlp** out) {
   *out = nullptr;
@@ -186,7 +190,7 @@ std::string Create(int device, const LayerOffsets& offsets, bool adam, Mlp** out
   m->off = offsets;
   m->adam = adam;
   auto fail = [&](std::string e) {
-    Destroy(m);
+    impl::Destroy(m);
     return e;
   };
   if (cudaError_t e = cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking); e != cudaSuccess) {

@@ -35,7 +35,10 @@ std::vector<std::string> Candidates() {
 void Load() {
   std::string tried;
   for (const std::string& path : Candidates()) {
-    if (path.find('/') != std::string::npos && !std::filesystem::exists(path)) continue;
+    if (path.find('/') != std::string::npos && !std::filesystem::exists(path)) {
+      tried += "\n  " + path + ": no such file";
+      continue;
+    }
     void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (h == nullptr) {
       const char* e = ::dlerror();
@@ -56,9 +59,7 @@ void Load() {
     }
     ::dlclose(h);
   }
-  g_load_error =
-      std::string("cannot load the CUDA model plugin ") + kPluginName +
-      (tried.empty() ? " (not found beside the executable or on the library path)" : tried);
+  g_load_error = std::string("cannot load the CUDA model plugin ") + kPluginName + ":" + tried;
 }
 
 }  // namespace
