@@ -122,9 +122,15 @@ Result<PreparedRecord> ProvenanceKeeper::Build(const PrepareRequest& req) {
                 req.job_id, specs.size(), st.files, st.files_hashed, st.files_cached);
   }
   if (!req.resumed_from_hex.empty()) r.set_resumed_from_manifest(BytesOfHex(req.resumed_from_hex));
-  prov::EnvironmentOptions eo;
-  eo.hosts = req.hosts;
-  CAIRN_ASSIGN_OR_RETURN(*r.mutable_environment(), prov::DescribeEnvironment(eo));
+  const auto now = std::chrono::steady_clock::now();
+  if (!env_ || now - env_at_ >= kEnvironmentTtl) {
+    CAIRN_ASSIGN_OR_RETURN(env_, prov::DescribeEnvironment(env_options_));
+    env_at_ = now;
+  }
+  *r.mutable_environment() = *env_;
+  r.mutable_environment()->clear_hosts();
+  for (const auto& h : req.hosts) r.mutable_environment()->add_hosts(h);
+  if (req.hosts.empty()) *r.mutable_environment()->mutable_hosts() = env_->hosts();
   r.set_started_unix_ms(req.started_unix_ms);
   CAIRN_ASSIGN_OR_RETURN(auto digest, prov::RecordDigest(r));
   out.digest_hex = ckpt::ToHex(digest);

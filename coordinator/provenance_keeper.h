@@ -8,7 +8,10 @@
 // answering heartbeats. A pinned input that differs, or one that is missing, fails the
 // preparation with an error naming the file and both digests, and the attempt must not
 // start. Input digests are cached under <state dir>/cache (see provenance/digest.h), so an
-// unchanged data set costs a stat per file on the next attempt.
+// unchanged data set costs a stat per file on the next attempt. The environment
+// description of cairnd's host (OS, kernel, libraries, and its GPUs through nvidia-smi,
+// tens of milliseconds) is reused for kEnvironmentTtl: a restart's record does not wait
+// for it again; the hosts are each request's own.
 // Attest signs an in-toto Statement v1 / SLSA Provenance v1 attestation (DSSE, Ed25519)
 // of one output (a checkpoint manifest digest), naming the executor job the attempt ran
 // as where another system ran it (the SLURM job id), with the cluster's signing key and
@@ -16,11 +19,13 @@
 // (0600, created on first use) and its public half signing.pub, which verifiers use.
 //
 // Threading: Prepare and Attest are called on the owner's thread (cairnd's io_context);
-// Prepare's work runs on one worker thread owned by the keeper, and its callback is
+// Prepare's work (and the environment cache) runs on one worker thread owned by the
+// keeper, and its callback is
 // handed to `post`, which must run it on the owner's thread. The destructor finishes the
 // work in hand, and drops callbacks not yet posted.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -36,6 +41,7 @@
 #include "proto/cairn.pb.h"
 #include "provenance/digest.h"
 #include "provenance/dsse.h"
+#include "provenance/environment.h"
 
 namespace cairn::coord {
 
@@ -81,6 +87,13 @@ class ProvenanceKeeper {
                              const std::string& file_name, int64_t finished_unix_ms,
                              const Executor& executor);
 
+  static constexpr std::chrono::seconds kEnvironmentTtl{60};
+  // How the environment is described (tests point nvidia_smi elsewhere); before the
+  // first Prepare.
+  void set_environment_options(prov::EnvironmentOptions options) {
+    env_options_ = std::move(options);
+  }
+
   const prov::VerifyKey& verify_key() const { return key_.public_key(); }
   const std::string& builder_id() const { return builder_id_; }
 
@@ -93,6 +106,11 @@ class ProvenanceKeeper {
   std::string builder_id_;
   Post post_;
   prov::SigningKey key_;
+
+  prov::EnvironmentOptions env_options_;
+  // The worker thread's: the last description and when it was made.
+  std::optional<proto::EnvironmentInfo> env_;
+  std::chrono::steady_clock::time_point env_at_;
 
   std::mutex mu_;
   std::condition_variable cv_;
