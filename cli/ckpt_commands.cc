@@ -88,10 +88,6 @@ std::string Shape(const std::vector<uint64_t>& shape) {
 // Runs a command body; prints its error and sets the exit code.
 template <typename F>
 void Run(Context* ctx, F&& body) {
-  if (auto c = LoadEffectiveConfig(*ctx->flags); !c) {
-    ctx->exit_code = ReportError("cairn", c.error());
-    return;
-  }
   Status st = body();
   if (!st) ctx->exit_code = ReportError("cairn", st.error());
 }

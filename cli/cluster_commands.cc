@@ -3,7 +3,10 @@
 //
 // up: starts cairnd and the agents as daemons of their own sessions (logs in the state
 // directory), records their pids in STATE/cluster.pids, and returns once every agent's
-// node is alive. On a cluster that is up, restarts whichever of its daemons died (e.g.
+// node is alive. The daemons get the config file (`cairn --config FILE up`, or
+// CAIRN_CONFIG) and `--log-level`; `up`'s own flags (--node-timeout, --quarantine-time,
+// --cpus-per-agent) are passed on only when given, so the config file decides otherwise
+// (docs/config.md). On a cluster that is up, restarts whichever of its daemons died (e.g.
 // cairnd after a crash: running jobs continue). down: SIGTERM to each recorded process that is still the one recorded
 // (its command line names the state directory), SIGKILL after 5 s, then checks that none
 // is left.
@@ -115,23 +118,45 @@ Status Down(const std::string& dir) {
   return OkStatus();
 }
 
-Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::string& node_timeout,
-          const std::string& quarantine_time, bool slurm) {
-  std::vector<std::string> cairnd_argv = {"--state-dir", dir, "--node-timeout", node_timeout};
-  for (const auto& [flag, value] : {std::pair<std::string, std::string>{"--node-timeout", node_timeout},
-                                    {"--quarantine-time", quarantine_time}}) {
-    if (value.empty()) continue;
-    if (auto d = yaml::ParseDuration(value); !d) {
-      Error e = std::move(d).error();
-      e.With(flag);
-      return std::unexpected(std::move(e));
-    }
+// What `cairn up` passes on to the daemons it starts; an empty value is not passed (the
+// daemon's config file or default decides).
+struct UpOptions {
+  int agents = 1;
+  std::string cpus_per_agent;   // cairn-agent --cpus
+  std::string node_timeout;     // cairnd --node-timeout
+  std::string quarantine_time;  // cairnd --quarantine-time
+  bool slurm = false;
+  std::string config_file;  // both: --config (absolute)
+  std::string log_level;    // both: --log-level
+};
+
+// Checks the values `up` passes on by the rules of the keys they override, before anything
+// starts.
+Status CheckUpOptions(const UpOptions& o) {
+  if (o.agents < 0 || o.agents > 64) return MakeError(Code::kInvalidArgument, "--agents must be 0..64");
+  if (!o.node_timeout.empty()) {
+    CAIRN_ASSIGN_OR_RETURN(auto d, WithContext(yaml::ParseDuration(o.node_timeout), "--node-timeout"));
+    CAIRN_RETURN_IF_ERROR_CTX(CheckHeartbeatTimeout(d), "--node-timeout");
   }
-  if (!quarantine_time.empty()) {
-    cairnd_argv.insert(cairnd_argv.end(), {"--quarantine-time", quarantine_time});
+  if (!o.quarantine_time.empty()) {
+    CAIRN_RETURN_IF_ERROR_CTX(yaml::ParseDuration(o.quarantine_time), "--quarantine-time");
   }
-  if (slurm) cairnd_argv.push_back("--slurm");
-  if (agents < 0 || agents > 64) return MakeError(Code::kInvalidArgument, "--agents must be 0..64");
+  return OkStatus();
+}
+
+Status Up(const std::string& dir, const UpOptions& o) {
+  CAIRN_RETURN_IF_ERROR(CheckUpOptions(o));
+  const int agents = o.agents;
+  // Flags both daemons get.
+  std::vector<std::string> common_argv = {"--state-dir", dir};
+  if (!o.config_file.empty()) common_argv.insert(common_argv.end(), {"--config", o.config_file});
+  if (!o.log_level.empty()) common_argv.insert(common_argv.end(), {"--log-level", o.log_level});
+  std::vector<std::string> cairnd_argv = common_argv;
+  if (!o.node_timeout.empty()) cairnd_argv.insert(cairnd_argv.end(), {"--node-timeout", o.node_timeout});
+  if (!o.quarantine_time.empty()) {
+    cairnd_argv.insert(cairnd_argv.end(), {"--quarantine-time", o.quarantine_time});
+  }
+  if (o.slurm) cairnd_argv.push_back("--slurm");
   CAIRN_RETURN_IF_ERROR(io::CreateDirs(io::DefaultFileSystem(), dir, 0700));
   const std::string pids_file = io::JoinPath(dir, "cluster.pids");
   const std::string bin = SelfDir();
@@ -139,10 +164,12 @@ Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::str
   ::gethostname(host, sizeof(host) - 1);
   auto agent_argv = [&](int i, int of) {
     // Simulated nodes on one machine split its GPUs between them.
-    return std::vector<std::string>{bin + "/cairn-agent", "--state-dir", dir, "--node-id",
-                                    fmt::format("{}-a{}", host, i), "--cpus",
-                                    std::to_string(cpus_per_agent), "--gpu-share",
-                                    fmt::format("{}/{}", i, std::max(of, 1))};
+    std::vector<std::string> argv = {bin + "/cairn-agent"};
+    argv.insert(argv.end(), common_argv.begin(), common_argv.end());
+    argv.insert(argv.end(), {"--node-id", fmt::format("{}-a{}", host, i), "--gpu-share",
+                             fmt::format("{}/{}", i, std::max(of, 1))});
+    if (!o.cpus_per_agent.empty()) argv.insert(argv.end(), {"--cpus", o.cpus_per_agent});
+    return argv;
   };
   const std::vector<pid_t> old = ReadPids(pids_file);
   if (std::any_of(old.begin(), old.end(), [&](pid_t p) { return IsOurs(p, dir); })) {
@@ -247,35 +274,51 @@ Status Up(const std::string& dir, int agents, int cpus_per_agent, const std::str
 void RegisterClusterCommands(CLI::App& app, Context* ctx) {
   struct Flags {
     std::string state_dir;
-    int agents = 1;
-    int cpus = 0;
-    std::string node_timeout = "5s";
-    std::string quarantine_time;
-    bool slurm = false;
+    int cpus_per_agent = 0;
+    UpOptions up;
   };
   auto f = std::make_shared<Flags>();
   auto* up = app.add_subcommand("up", "Start a local cluster (cairnd + agents) in the background");
-  up->add_option("--state-dir", f->state_dir, "State directory (default CAIRN_STATE_DIR or ~/.cairn)");
-  up->add_option("--agents", f->agents, "Agents (simulated nodes) to start")->capture_default_str();
-  up->add_option("--cpus-per-agent", f->cpus, "CPUs each agent declares (default: all cores)");
-  up->add_option("--node-timeout", f->node_timeout, "Heartbeat timeout of a node")
-      ->capture_default_str();
-  up->add_option("--quarantine-time", f->quarantine_time,
+  up->add_option("--state-dir", f->state_dir,
+                 "State directory (default CAIRN_STATE_DIR, else the config's state_dir, else "
+                 "~/.cairn)");
+  up->add_option("--agents", f->up.agents, "Agents (simulated nodes) to start")->capture_default_str();
+  up->add_option("--cpus-per-agent", f->cpus_per_agent,
+                 "CPUs each agent declares (0: all cores; default: the config's agent.cpus, "
+                 "else 0)");
+  up->add_option("--node-timeout", f->up.node_timeout,
+                 "Heartbeat timeout of a node (default: the config's "
+                 "coordinator.heartbeat_timeout, else 5s)");
+  up->add_option("--quarantine-time", f->up.quarantine_time,
                  "How long a node on which attempts failed repeatedly stays out of service "
-                 "(default: cairnd's, 10m; 0 = until its agent restarts)");
-  up->add_flag("--slurm", f->slurm,
+                 "(default: the config's coordinator.quarantine_time, else 10m; 0 = until its "
+                 "agent restarts)");
+  up->add_flag("--slurm", f->up.slurm,
                "cairnd also runs jobs submitted with --executor slurm, through the SLURM "
                "cluster SLURM_CONF names");
-  up->callback([ctx, f] {
-    const int cpus = f->cpus > 0 ? f->cpus : static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
-    if (auto s = Up(coord::DefaultStateDir(f->state_dir), f->agents, cpus, f->node_timeout,
-                    f->quarantine_time, f->slurm);
-        !s) {
+  up->callback([ctx, f, up] {
+    UpOptions o = f->up;
+    if (up->count("--cpus-per-agent") > 0) {
+      if (auto s = CheckCpus(f->cpus_per_agent); !s) {
+        ctx->exit_code = ReportError("cairn", std::move(s).error().With("--cpus-per-agent"));
+        return;
+      }
+      o.cpus_per_agent = std::to_string(f->cpus_per_agent);
+    }
+    if (const std::string path = ConfigFilePath(*ctx->flags); !path.empty()) {
+      std::error_code ec;
+      const auto abs = std::filesystem::absolute(path, ec);
+      o.config_file = ec ? path : abs.string();
+    }
+    o.log_level = ctx->flags->log_level;
+    if (auto s = Up(coord::DefaultStateDir(f->state_dir), o); !s) {
       ctx->exit_code = ReportError("cairn", s.error());
     }
   });
   auto* down = app.add_subcommand("down", "Stop the local cluster started by `cairn up`");
-  down->add_option("--state-dir", f->state_dir, "State directory (default CAIRN_STATE_DIR or ~/.cairn)");
+  down->add_option("--state-dir", f->state_dir,
+                   "State directory (default CAIRN_STATE_DIR, else the config's state_dir, else "
+                   "~/.cairn)");
   down->callback([ctx, f] {
     const std::string dir = coord::DefaultStateDir(f->state_dir);
     if (auto s = Down(dir); !s) {

@@ -16,6 +16,9 @@ namespace cairn::cli {
 struct Context {
   StandardFlags* flags;
   int exit_code;
+  // The effective config (LoadEffectiveConfig), loaded before any command runs; its
+  // state_dir is also declared to coord::DefaultStateDir.
+  Config config;
 };
 
 // A message as indented JSON with the .proto field names (the --json of every command).

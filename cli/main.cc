@@ -4,13 +4,22 @@
 
 #include "cli/commands.h"
 #include "common/app.h"
+#include "coordinator/client.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"cairn: distributed training orchestrator"};
   app.require_subcommand(1);
   cairn::StandardFlags flags;
   cairn::AddStandardFlags(app, &flags, "cairn");
-  cairn::cli::Context ctx{&flags, 0};
+  cairn::cli::Context ctx{&flags, 0, {}};
+  // Before any command runs: the config file (--config, else CAIRN_CONFIG), whose errors
+  // end every command, and --log-level.
+  app.parse_complete_callback([&] {
+    auto config = cairn::LoadEffectiveConfig(flags);
+    if (!config) throw CLI::RuntimeError(cairn::ReportError("cairn", config.error()));
+    ctx.config = std::move(*config);
+    cairn::coord::SetConfiguredStateDir(ctx.config.state_dir);
+  });
   cairn::cli::RegisterConfigCommands(app, &ctx);
   cairn::cli::RegisterCheckpointCommands(app, &ctx);
   cairn::cli::RegisterJobCommands(app, &ctx);

@@ -48,6 +48,12 @@ Status WaitFd(int fd, short events, std::chrono::steady_clock::time_point deadli
   }
 }
 
+// Set once by main() before any thread starts (SetConfiguredStateDir); read-only after.
+std::string& ConfiguredStateDir() {
+  static std::string dir;
+  return dir;
+}
+
 }  // namespace
 
 StateDirPaths::StateDirPaths(std::string d)
@@ -58,11 +64,18 @@ StateDirPaths::StateDirPaths(std::string d)
       lock(io::JoinPath(dir, "cairnd.lock")),
       log(io::JoinPath(dir, "cairnd.log")) {}
 
-std::string DefaultStateDir(const std::string& flag) {
+void SetConfiguredStateDir(std::string dir) { ConfiguredStateDir() = std::move(dir); }
+
+std::string DefaultStateDir(const std::string& flag, const std::string& configured) {
   if (!flag.empty()) return flag;
   if (const char* e = std::getenv("CAIRN_STATE_DIR"); e != nullptr && *e) return e;
+  if (!configured.empty()) return configured;
   const char* home = std::getenv("HOME");
   return io::JoinPath(home != nullptr && *home ? home : "/tmp", ".cairn");
+}
+
+std::string DefaultStateDir(const std::string& flag) {
+  return DefaultStateDir(flag, ConfiguredStateDir());
 }
 
 Result<std::string> ReadToken(const std::string& path) {

@@ -25,8 +25,14 @@ struct StateDirPaths {
   std::string dir, db, token, addr, lock, log;
 };
 
-// --state-dir, else CAIRN_STATE_DIR, else ~/.cairn.
+// The state directory: `flag` (--state-dir) if not empty, else $CAIRN_STATE_DIR, else
+// `configured` (the config file's state_dir), else ~/.cairn.
+std::string DefaultStateDir(const std::string& flag, const std::string& configured);
+// The same with the config file's state_dir that main() declared (SetConfiguredStateDir;
+// "" if none), for code that does not see the config (the CLI's commands, cairn-rsh).
 std::string DefaultStateDir(const std::string& flag);
+// Declares the config file's state_dir. Call from main() only, before starting threads.
+void SetConfiguredStateDir(std::string dir);
 
 // Reads the token file, refusing one readable by group or others.
 Result<std::string> ReadToken(const std::string& path);

@@ -1,7 +1,10 @@
 // cairnd: the cairn coordinator.
 //
-//   cairnd --state-dir DIR [--listen HOST:PORT] [--node-timeout 5s] [--quarantine-time 10m]
+//   cairnd [--config FILE] --state-dir DIR [--listen HOST:PORT] [--node-timeout 5s]
+//          [--quarantine-time 10m]
 //
+// Each setting comes from its flag, else the config file (state_dir, log_level,
+// coordinator.*; docs/config.md), else its default.
 // Creates DIR (0700) if needed, takes its lock (one cairnd per state directory), creates
 // the cluster token (0600) on first start, opens the state database, listens (port 0: any
 // free port), and then writes DIR/cairnd.addr so that clients can find it. SIGTERM or
@@ -48,9 +51,12 @@ Result<std::string> EnsureToken(const StateDirPaths& p) {
   return ReadToken(p.token);
 }
 
-Result<int> Run(const std::string& state_dir, const std::string& listen,
-                ServiceOptions options, bool slurm) {
-  StateDirPaths p(state_dir);
+Result<int> Run(const Config& config, bool slurm) {
+  ServiceOptions options;
+  options.node_timeout_ms = config.coordinator.heartbeat_timeout.count();
+  options.jobs.quarantine_ms = config.coordinator.quarantine_time.count();
+  CAIRN_ASSIGN_OR_RETURN(const HostPort listen, ParseHostPort(config.coordinator.listen));
+  StateDirPaths p(config.state_dir);
   options.jobs.state_dir = p.dir;
   CAIRN_RETURN_IF_ERROR(io::CreateDirs(io::DefaultFileSystem(), p.dir, 0700));
   int lock = ::open(p.lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -61,21 +67,6 @@ Result<int> Run(const std::string& state_dir, const std::string& listen,
   }
   CAIRN_ASSIGN_OR_RETURN(std::string token, EnsureToken(p));
   CAIRN_ASSIGN_OR_RETURN(auto store, StateStore::Open(p.db));
-
-  const auto colon = listen.rfind(':');
-  if (colon == std::string::npos) {
-    return MakeError(Code::kInvalidArgument, "--listen '{}' is not HOST:PORT", listen);
-  }
-  const std::string host = listen.substr(0, colon);
-  int port = 0;
-  try {
-    port = std::stoi(listen.substr(colon + 1));
-  } catch (...) {
-    port = -1;
-  }
-  if (port < 0 || port > 65535) {
-    return MakeError(Code::kInvalidArgument, "--listen '{}': bad port", listen);
-  }
 
   boost::asio::io_context io;
   Service service(store.get(), token, NowMs, options);
@@ -110,12 +101,13 @@ Result<int> Run(const std::string& state_dir, const std::string& listen,
     });
   };
   arm();
-  CAIRN_ASSIGN_OR_RETURN(auto server,
-                         Server::Listen(io, host, static_cast<uint16_t>(port), &service));
+  CAIRN_ASSIGN_OR_RETURN(auto server, Server::Listen(io, listen.host, listen.port, &service));
   CAIRN_RETURN_IF_ERROR(io::WriteFileAtomic(io::DefaultFileSystem(), p.addr,
-                                            fmt::format("{}:{}\n", host, server->port()), 0644));
-  log::Logger("coordinator")->info("cairnd {} listening on {}:{}, state in {}", Version(), host,
-                                   server->port(), p.dir);
+                                            fmt::format("{}:{}\n", listen.host, server->port()),
+                                            0644));
+  log::Logger("coordinator")
+      ->info("cairnd {} listening on {}:{}, state in {}, node timeout {} ms", Version(),
+             listen.host, server->port(), p.dir, options.node_timeout_ms);
   boost::asio::signal_set signals(io, SIGTERM, SIGINT);
   signals.async_wait([&](const boost::system::error_code& ec, int sig) {
     if (ec) return;
@@ -130,6 +122,28 @@ Result<int> Run(const std::string& state_dir, const std::string& listen,
   return 0;
 }
 
+// Puts the flags given on the command line over the config file; a bad flag value fails
+// by the key's rule, naming the flag.
+Status ApplyFlags(const CLI::App& app, const std::string& state_dir, const std::string& listen,
+                  const std::string& node_timeout, const std::string& quarantine_time,
+                  Config* config) {
+  config->state_dir = DefaultStateDir(state_dir, config->state_dir);
+  if (app.count("--listen") > 0) {
+    CAIRN_RETURN_IF_ERROR_CTX(ParseHostPort(listen), "--listen");
+    config->coordinator.listen = listen;
+  }
+  if (app.count("--node-timeout") > 0) {
+    CAIRN_ASSIGN_OR_RETURN(auto d, WithContext(yaml::ParseDuration(node_timeout), "--node-timeout"));
+    CAIRN_RETURN_IF_ERROR_CTX(CheckHeartbeatTimeout(d), "--node-timeout");
+    config->coordinator.heartbeat_timeout = d;
+  }
+  if (app.count("--quarantine-time") > 0) {
+    CAIRN_ASSIGN_OR_RETURN(config->coordinator.quarantine_time,
+                           WithContext(yaml::ParseDuration(quarantine_time), "--quarantine-time"));
+  }
+  return OkStatus();
+}
+
 }  // namespace
 }  // namespace cairn::coord
 
@@ -138,21 +152,21 @@ int main(int argc, char** argv) {
   cairn::StandardFlags flags;
   cairn::AddStandardFlags(app, &flags, "cairnd");
   bool check_config = false;
-  std::string state_dir, listen = "127.0.0.1:0";
+  std::string state_dir, listen, node_timeout, quarantine_time;
   app.add_flag("--check-config", check_config,
-               "Validate the config, print the effective settings and exit");
+               "Validate the config, print the effective settings (flags applied) and exit");
   app.add_option("--state-dir", state_dir,
-                 "State directory (database, token, address); default CAIRN_STATE_DIR or ~/.cairn");
-  app.add_option("--listen", listen, "HOST:PORT to listen on (port 0: any free port)")
-      ->capture_default_str();
-  std::string node_timeout = "5s";
-  app.add_option("--node-timeout", node_timeout, "A node without heartbeats this long is lost")
-      ->capture_default_str();
-  std::string quarantine_time = "10m";
+                 "State directory (database, token, address); default CAIRN_STATE_DIR, else "
+                 "the config's state_dir, else ~/.cairn");
+  app.add_option("--listen", listen,
+                 "HOST:PORT to listen on, HOST an IP address (port 0: any free port); default "
+                 "coordinator.listen, else 127.0.0.1:0");
+  app.add_option("--node-timeout", node_timeout,
+                 "A node without heartbeats this long is lost (at least 1s); default "
+                 "coordinator.heartbeat_timeout, else 5s");
   app.add_option("--quarantine-time", quarantine_time,
                  "How long a node with repeated failures gets no new placements (0: until its "
-                 "agent registers again)")
-      ->capture_default_str();
+                 "agent registers again); default coordinator.quarantine_time, else 10m");
   bool slurm = false;
   app.add_flag("--slurm", slurm,
                "Run jobs submitted with --executor slurm as SLURM batch jobs (sbatch, squeue, "
@@ -161,22 +175,16 @@ int main(int argc, char** argv) {
 
   auto config = cairn::LoadEffectiveConfig(flags);
   if (!config) return cairn::ReportError("cairnd", config.error());
+  if (auto s = cairn::coord::ApplyFlags(app, state_dir, listen, node_timeout, quarantine_time,
+                                        &*config);
+      !s) {
+    return cairn::ReportError("cairnd", s.error());
+  }
   if (check_config) {
     std::fputs(cairn::ConfigToYaml(*config).c_str(), stdout);
     return 0;
   }
-  auto timeout = cairn::yaml::ParseDuration(node_timeout);
-  if (!timeout) {
-    return cairn::ReportError("cairnd", timeout.error().With("--node-timeout"));
-  }
-  auto quarantine = cairn::yaml::ParseDuration(quarantine_time);
-  if (!quarantine) {
-    return cairn::ReportError("cairnd", quarantine.error().With("--quarantine-time"));
-  }
-  cairn::coord::ServiceOptions options;
-  options.node_timeout_ms = timeout->count();
-  options.jobs.quarantine_ms = quarantine->count();
-  auto rc = cairn::coord::Run(cairn::coord::DefaultStateDir(state_dir), listen, options, slurm);
+  auto rc = cairn::coord::Run(*config, slurm);
   if (!rc) return cairn::ReportError("cairnd", rc.error());
   return *rc;
 }

@@ -1,8 +1,11 @@
 // cairn-agent: one per node; registers the node's resources with cairnd, heartbeats,
 // and starts, supervises and stops the ranks cairnd orders (worker/agent.h).
 //
-//   cairn-agent --state-dir DIR [--node-id ID] [--address A] [--cpus N] [--gpus N]
+//   cairn-agent [--config FILE] --state-dir DIR [--node-id ID] [--address A] [--cpus N]
+//               [--gpus N]
 //
+// Settings come from the flags, else the config file (state_dir, log_level, agent.cpus,
+// agent.memory; docs/config.md), else their defaults.
 // Registers (cores and memory detected, or declared; GPUs with model, memory and UUID
 // from the driver through NVML, limited to the agent's own CUDA_VISIBLE_DEVICES when set,
 // else counted from /dev/nvidiaN, or declared). Two threads talk to cairnd: the poller sends heartbeats that cairnd holds
@@ -65,12 +68,14 @@ int main(int argc, char** argv) {
   std::string gpu_share;
   app.add_flag("--check-config", check_config,
                "Validate the config, print the effective settings and detected resources, exit");
-  app.add_option("--state-dir", state_dir, "Cluster state directory (default CAIRN_STATE_DIR or "
-                                           "~/.cairn)");
+  app.add_option("--state-dir", state_dir,
+                 "Cluster state directory (default CAIRN_STATE_DIR, else the config's "
+                 "state_dir, else ~/.cairn)");
   app.add_option("--node-id", node_id, "Node id (default: the host name)");
   app.add_option("--address", address, "Address ranks on this node are reachable at")
       ->capture_default_str();
-  app.add_option("--cpus", cpus, "Declared CPUs (default: detected)");
+  app.add_option("--cpus", cpus,
+                 "Declared CPUs (0: the cores online; default agent.cpus, else 0)");
   app.add_option("--gpus", gpus,
                  "Declared GPUs (default: the driver's, through NVML; else /dev/nvidiaN)");
   app.add_option("--gpu-share", gpu_share,
@@ -80,8 +85,16 @@ int main(int argc, char** argv) {
 
   auto config = LoadEffectiveConfig(flags);
   if (!config) return ReportError("cairn-agent", config.error());
-  if (cpus <= 0) cpus = config->agent.cpus > 0 ? config->agent.cpus
-                                               : static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+  // Flags over the config file.
+  config->state_dir = coord::DefaultStateDir(state_dir, config->state_dir);
+  if (app.count("--cpus") > 0) {
+    if (auto s = CheckCpus(cpus); !s) {
+      return ReportError("cairn-agent", std::move(s).error().With("--cpus"));
+    }
+    config->agent.cpus = cpus;
+  }
+  cpus = config->agent.cpus > 0 ? config->agent.cpus
+                                : static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
   const unsigned long long mem =
       config->agent.memory_bytes > 0
           ? config->agent.memory_bytes
@@ -129,7 +142,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (node_id.empty()) node_id = Hostname();
-  state_dir = coord::DefaultStateDir(state_dir);
+  state_dir = config->state_dir;
 
   struct sigaction sa {};
   sa.sa_handler = OnStop;
