@@ -1,5 +1,10 @@
 #include "coordinator/job_manager.h"
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -8,6 +13,7 @@
 #include "checkpoint/store.h"
 #include "common/io.h"
 #include "common/log.h"
+#include "runtime/progress.h"
 
 namespace cairn::coord {
 namespace {
@@ -869,6 +875,66 @@ Status JobManager::StartSlurmRun(const std::string& job_id) {
   return OkStatus();
 }
 
+std::string JobManager::ProgressKey(const std::string& run_id) const {
+  std::string data = "cairn.progress-key.v1";
+  data.push_back('\0');
+  data += run_id;
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), options_.cluster_secret.data(), static_cast<int>(options_.cluster_secret.size()),
+       reinterpret_cast<const unsigned char*>(data.data()), data.size(), out, &len);
+  return std::string(reinterpret_cast<const char*>(out), len);
+}
+
+void JobManager::set_progress_endpoint(const std::string& host, uint16_t port) {
+  std::string h = host;
+  if (h.empty() || h == "0.0.0.0" || h == "::") {
+    char name[256] = {};
+    ::gethostname(name, sizeof name - 1);
+    h = name;
+  } else if (h.find(':') != std::string::npos) {
+    h = "[" + h + "]";  // an IPv6 address
+  }
+  progress_endpoint_ = fmt::format("{}:{}", h, port);
+}
+
+void JobManager::OnNetworkProgress(std::string_view bytes) {
+  proto::ProgressDatagram d;
+  proto::RankProgress p;
+  auto it = runs_.end();
+  bool ok = d.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));
+  if (ok) {
+    it = runs_.find(JobOfRun(d.key_id()));
+    ok = it != runs_.end() && it->second.run_id == d.key_id() && it->second.slurm;
+  }
+  if (ok) {
+    const std::string want = rt::ProgressTag(ProgressKey(d.key_id()), d.key_id(), d.progress());
+    ok = want.size() == d.tag().size() && CRYPTO_memcmp(want.data(), d.tag().data(), want.size()) == 0;
+  }
+  ok = ok && p.ParseFromString(d.progress()) && p.rank() < it->second.spec.ranks();
+  if (!ok) {
+    // Not for a live attempt of ours, or not tagged with its key.
+    if (++progress_rejected_ % 1000 == 1) {
+      Log()->warn("progress datagrams dropped (not for a live SLURM attempt, or bad tag): {}",
+                  progress_rejected_);
+    }
+    return;
+  }
+  Run& run = it->second;
+  if (run.stopping) return;
+  auto& known = run.progress[p.rank()];
+  if (p.unix_ms() > known.unix_ms()) {
+    known = p;
+    run.last_progress_ms = clock_();
+  }
+  if (!run.resumed_recorded && !p.resumed_from().empty()) {
+    run.resumed_recorded = true;
+    if (auto s = store_->SetResumedLoaded(run.job_id, run.attempt, p.resumed_from()); !s) {
+      Log()->error("job {}: {}", run.job_id, s.error().ToString());
+    }
+  }
+}
+
 std::string JobManager::SlurmJobName(const Run& run) const {
   return fmt::format("cairn-{}-{}", cluster_id_, run.run_id);
 }
@@ -964,6 +1030,12 @@ void JobManager::SubmitSlurm(Run& run) {
   if (!run.expected_head.empty()) req.env["CAIRN_EXPECTED_HEAD"] = run.expected_head;
   if (!run.spec.checkpoint_dir().empty()) req.env["CAIRN_CKPT_DIR"] = run.spec.checkpoint_dir();
   if (!run.provenance_digest.empty()) req.env["CAIRN_PROVENANCE_DIGEST"] = run.provenance_digest;
+  if (!progress_endpoint_.empty()) {
+    const std::string key = ProgressKey(run.run_id);
+    req.env["CAIRN_PROGRESS_SOCKET"] =
+        fmt::format("udp://{}/{}?key={}", progress_endpoint_, run.run_id,
+                    ckpt::ToHex(std::span(reinterpret_cast<const uint8_t*>(key.data()), key.size())));
+  }
   req.master_port = static_cast<uint16_t>(run.master_port);
   const std::string attempt_dir = AttemptDir(run);
   req.script_dir = attempt_dir;
@@ -1055,8 +1127,8 @@ void JobManager::OnSlurmStatus(const SlurmJobStatus& st) {
   run.slurm_unknown = 0;
   if (st.state == SlurmJobState::kPending) return;
   if (st.state == SlurmJobState::kRunning) {
-    run.last_progress_ms = clock_();
     if (!run.running) {
+      run.last_progress_ms = clock_();
       run.running = true;
       (void)store_->SetRunState(run.job_id, run.attempt, proto::RUN_RUNNING);
     }
@@ -1295,7 +1367,15 @@ void JobManager::Tick() {
       MaybeFinish(run);
       continue;
     }
-    if (run.preparing || run.slurm) continue;  // hashing inputs / no progress reports
+    if (run.preparing) continue;  // hashing inputs
+    if (run.slurm) {
+      // Its ranks report to cairnd directly, when they can reach it: hang detection starts
+      // with the first report, and ends once SLURM says the job is over or every rank
+      // that reported said it exits.
+      const bool exiting = std::all_of(run.progress.begin(), run.progress.end(),
+                                       [](const auto& kv) { return kv.second.exiting(); });
+      if (run.progress.empty() || exiting || run.slurm_scanning || run.slurm_final) continue;
+    }
     const int64_t silent = now - run.last_progress_ms;
     // Until its first report an attempt is starting (launch, data, checkpoint load):
     // it gets at least kStartupAllowanceMs.

@@ -42,6 +42,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "coordinator/blocking_worker.h"
@@ -100,8 +101,10 @@ class JobManager {
   // allocates; cairn's scheduler and agents are not involved. A SLURM job that ends other
   // than COMPLETED with exit 0 (failed, timed out, node failure, cancelled by someone
   // else) is a failed attempt and the job restarts from its checkpoint like any other;
-  // PREEMPTED requeues it. Ranks run without an agent: no progress reports, so no hang
-  // detection; the run's SLURM job id is kept with the attempt. With provenance and the
+  // PREEMPTED requeues it. Ranks run without an agent: they report progress to cairnd
+  // itself (see set_progress_endpoint), and once an attempt's first report has arrived, no
+  // report within hang_timeout ends it as hung (scancel) like an agent's attempt; the
+  // run's SLURM job id is kept with the attempt. With provenance and the
   // spec's checkpoint_dir, once SLURM says the job is over and before the attempt ends,
   // the checkpoints of that directory that the attempt committed (their manifests bind
   // the attempt's record) are attested and the newest becomes the job's checkpoint head.
@@ -117,6 +120,19 @@ class JobManager {
     slurm_ = executor;
     slurm_worker_ = worker;
   }
+
+  // Where ranks without an agent (the slurm executor's) send progress: cairnd's UDP
+  // socket at host:port (an unspecified host, 0.0.0.0 or ::, is named by this machine's
+  // host name). Each attempt gets CAIRN_PROGRESS_SOCKET=udp://HOST:PORT/<run id>?key=<hex>
+  // (runtime/progress.h) with a key of its own, HMAC-SHA256(cluster secret,
+  // "cairn.progress-key.v1" NUL run id): a datagram counts only for the live attempt whose
+  // key tagged it (and only for a rank the job has), so a rank cannot report for another
+  // attempt and a replayed report is no newer than what was seen. Checkpoint heads in these
+  // reports are not taken: a SLURM attempt's checkpoints are read from its directory at
+  // its end. Without an endpoint (none set), the ranks get no destination.
+  void set_progress_endpoint(const std::string& host, uint16_t port);
+  // A datagram received on that socket; anything that does not verify is dropped.
+  void OnNetworkProgress(std::string_view datagram);
 
   // Called with a node id whenever that node's orders change (wakes its long poll).
   void set_orders_changed(std::function<void(const std::string&)> fn) {
@@ -220,6 +236,8 @@ class JobManager {
   // Looks for the SLURM job of an attempt whose sbatch never answered (see set_slurm).
   void AdoptSlurm(Run& run);
   std::string SlurmJobName(const Run& run) const;
+  // The attempt's progress key (32 bytes), from the cluster secret and its run id.
+  std::string ProgressKey(const std::string& run_id) const;
   std::string AttemptDir(const Run& run) const;
   Run Restored(const proto::JobStatus& js, const proto::RunStatus& last, int64_t now) const;
   // The attempt's stored provenance record into `run`; false if there is none.
@@ -251,6 +269,8 @@ class JobManager {
   BlockingWorker* slurm_worker_ = nullptr;
   std::vector<std::string> slurm_queue_;  // slurm-executor jobs waiting to be submitted
   std::string cluster_id_;                // from options_.cluster_secret: 8 hex digits
+  std::string progress_endpoint_;         // "HOST:PORT" of cairnd's UDP socket, or empty
+  uint64_t progress_rejected_ = 0;        // network datagrams that did not verify
   bool slurm_polling_ = false;
   int64_t slurm_polled_ms_ = 0;
 

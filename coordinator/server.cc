@@ -27,6 +27,23 @@ Result<std::unique_ptr<Server>> Server::Listen(asio::io_context& io, const std::
                      "listen on {}:{}: {}", host, port, ec.message());
   }
   s->port_ = s->acceptor_.local_endpoint().port();
+  // Progress of ranks without an agent: UDP on the same address, the same port if free.
+  for (uint16_t want : {s->port_, uint16_t{0}}) {
+    boost::system::error_code uec;
+    s->progress_.open(asio::ip::udp::endpoint(addr, want).protocol(), uec);
+    if (!uec) s->progress_.bind(asio::ip::udp::endpoint(addr, want), uec);
+    if (!uec) break;
+    s->progress_.close(uec);
+  }
+  if (s->progress_.is_open()) {
+    s->progress_port_ = s->progress_.local_endpoint().port();
+    service->set_progress_endpoint(host, s->progress_port_);
+    asio::co_spawn(io, s->ReceiveProgress(), asio::detached);
+  } else {
+    log::Logger("coordinator")->warn("no UDP socket for progress reports on {}: ranks without "
+                                     "an agent cannot report progress",
+                                     host);
+  }
   service->set_orders_changed([srv = s.get()](const std::string& node) {
     auto [b, e] = srv->held_.equal_range(node);
     for (auto it = b; it != e; ++it) it->second->cancel();
@@ -45,6 +62,7 @@ void Server::Stop() {
   }
   committed_.cancel();
   acceptor_.close(ec);
+  progress_.close(ec);
   for (const auto& sock : open_) sock->close(ec);
   open_.clear();
 }
@@ -71,6 +89,28 @@ void Server::CommitGroup() {
     std::_Exit(70);
   }
   committed_.cancel();  // wakes every reply of this group
+}
+
+asio::awaitable<void> Server::ReceiveProgress() {
+  std::array<char, 65536> buf;
+  int errors = 0;  // in a row
+  for (;;) {  // until Stop() closes the socket
+    boost::system::error_code ec;
+    asio::ip::udp::endpoint from;
+    const std::size_t n = co_await progress_.async_receive_from(
+        asio::buffer(buf), from, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::operation_aborted || !progress_.is_open()) co_return;
+    if (ec) {
+      if (++errors >= 100) {
+        log::Logger("coordinator")->error("progress socket: {}; no more progress reports",
+                                          ec.message());
+        co_return;
+      }
+      continue;
+    }
+    errors = 0;
+    service_->OnProgressDatagram(std::string_view(buf.data(), n));
+  }
 }
 
 asio::awaitable<void> Server::Accept() {

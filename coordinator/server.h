@@ -14,8 +14,13 @@
 // memory would no longer match its database, and a restart recovers from the database
 // (clients retry; requests are idempotent).
 //
+// Progress datagrams: Listen also binds a UDP socket on the same address (the same port
+// number when it is free, else any), where ranks without an agent send their progress
+// (runtime/progress.h); the Service is told where it is and gets every datagram
+// (Service::OnProgressDatagram), which it authenticates.
+//
 // Threading: everything runs on the one io_context thread given to Listen (coroutines;
-// no locks). Stop() closes the acceptor and every connection.
+// no locks). Stop() closes the acceptor, the UDP socket and every connection.
 #pragma once
 
 #include <utility>  // before Asio: boost/asio/awaitable.hpp needs std::exchange
@@ -39,14 +44,21 @@ class Server {
                                                 uint16_t port, Service* service,
                                                 uint32_t max_frame_bytes = kMaxFrameBytes);
   uint16_t port() const { return port_; }
+  uint16_t progress_port() const { return progress_port_; }
   void Stop();
 
  private:
   Server(boost::asio::io_context& io, Service* service, uint32_t max_frame)
-      : io_(io), acceptor_(io), service_(service), max_frame_(max_frame), committed_(io) {
+      : io_(io),
+        acceptor_(io),
+        progress_(io),
+        service_(service),
+        max_frame_(max_frame),
+        committed_(io) {
     committed_.expires_at(boost::asio::steady_timer::time_point::max());
   }
   boost::asio::awaitable<void> Accept();
+  boost::asio::awaitable<void> ReceiveProgress();
   // Opens a group if none is open and makes sure its commit is posted.
   void JoinGroup();
   void CommitGroup();
@@ -54,9 +66,11 @@ class Server {
 
   boost::asio::io_context& io_;
   boost::asio::ip::tcp::acceptor acceptor_;
+  boost::asio::ip::udp::socket progress_;
   Service* service_;
   uint32_t max_frame_;
   uint16_t port_ = 0;
+  uint16_t progress_port_ = 0;
   std::set<std::shared_ptr<boost::asio::ip::tcp::socket>> open_;
   // Held heartbeats by node: cancelled (woken) when the node's orders change.
   std::multimap<std::string, boost::asio::steady_timer*> held_;

@@ -45,6 +45,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "coordinator/job_manager.h"
 #include "coordinator/log_sink.h"
@@ -86,6 +87,12 @@ class Service {
     jobs_.set_orders_changed(std::move(fn));
   }
   JobManager& jobs() { return jobs_; }
+  // Progress of ranks without an agent (the slurm executor's): the server's UDP socket
+  // (where they send it) and each datagram received there (JobManager::OnNetworkProgress).
+  void set_progress_endpoint(const std::string& host, uint16_t port) {
+    jobs_.set_progress_endpoint(host, port);
+  }
+  void OnProgressDatagram(std::string_view datagram) { jobs_.OnNetworkProgress(datagram); }
   // Group commit (see StateStore::BeginGroup): the server opens a group before handling
   // requests and commits it before sending their replies.
   Status BeginGroup() { return store_->BeginGroup(); }

@@ -1,27 +1,44 @@
-// Progress reports from a rank to its local agent: step, loss, throughput, pid.
+// Progress reports from a rank to its local agent (or, for the slurm executor's ranks,
+// to cairnd itself): step, loss, throughput, pid.
 //
 // Promise: Report() never blocks and never fails the training: each report is one
-// datagram (a serialised cairn.RankProgress) sent non-blocking on a Unix datagram socket
-// to the path in CAIRN_PROGRESS_SOCKET, at most one per kMinIntervalMs (a new checkpoint
-// head always goes out); when the variable is absent, the socket is gone or its queue
-// is full, the report is dropped (and counted). ReportExit() waits up to 1 s for room. The agent uses the reports
-// for hang detection: a rank that stops reporting is stuck.
+// datagram sent non-blocking to the destination in CAIRN_PROGRESS_SOCKET, at most one
+// per kMinIntervalMs (a new checkpoint head always goes out); when the variable is
+// absent, the destination is gone or its queue is full, the report is dropped (and
+// counted). ReportExit() waits up to 1 s for room. Destinations:
+//   /path/to/socket                   a Unix datagram socket (the agent's); each datagram
+//                                     is a serialised cairn.RankProgress
+//   udp://HOST:PORT/KEY_ID?key=HEX    UDP (cairnd's, for ranks without an agent); each
+//                                     datagram is a cairn.ProgressDatagram: KEY_ID, the
+//                                     serialised RankProgress and its ProgressTag under
+//                                     the 32-byte key HEX, so only holders of the key can
+//                                     report for KEY_ID
+// A destination that does not parse, or whose host does not resolve (looked up once, at
+// construction), disables the reports with a warning. The receiver uses the reports for
+// hang detection: a rank that stops reporting is stuck.
 //
 // Threading: one thread at a time.
 #pragma once
+
+#include <sys/socket.h>
 
 #include <chrono>
 #include <cstdint>
 #include <deque>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace cairn::rt {
 
+// HMAC-SHA256(key, "cairn.progress.v1" NUL key_id NUL progress): the tag of a
+// ProgressDatagram (32 raw bytes).
+std::string ProgressTag(std::string_view key, std::string_view key_id, std::string_view progress);
+
 class ProgressReporter {
  public:
-  // Disabled (every Report is a no-op) when socket_path is empty.
-  ProgressReporter(std::string socket_path, std::string run_id, int rank);
+  // Disabled (every Report is a no-op) when `destination` is empty (see above).
+  ProgressReporter(std::string destination, std::string run_id, int rank);
   ~ProgressReporter();
   ProgressReporter(const ProgressReporter&) = delete;
   ProgressReporter& operator=(const ProgressReporter&) = delete;
@@ -55,8 +72,14 @@ class ProgressReporter {
   static constexpr int kMinIntervalMs = 50;
 
  private:
-  std::string path_;
+  std::string path_;  // the destination as given
   std::string run_id_;
+  // Where datagrams go: a Unix socket address, or (udp) the resolved host and port.
+  sockaddr_storage addr_{};
+  socklen_t addr_len_ = 0;
+  bool udp_ = false;
+  std::string key_id_;  // udp: the attempt the key is for
+  std::string key_;     // udp: 32 raw bytes
   int rank_;
   int fd_ = -1;
   uint64_t sent_ = 0;

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <thread>
 #include <signal.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -246,6 +247,53 @@ TEST(Progress, DatagramsReachTheSocketAndAbsenceIsHarmless) {
   EXPECT_FALSE(off.enabled());
   off.Report(1, 1, 1);
   EXPECT_EQ(off.sent() + off.dropped(), 0u);
+}
+
+// A network destination (cairnd's, for ranks without an agent): every datagram is a
+// ProgressDatagram naming the key's attempt, with a tag only the key's holder can make.
+TEST(Progress, UdpDatagramsCarryTheKeyIdAndAnHmacTag) {
+  const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  timeval tv{2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const std::string key_hex(64, 'a');  // 32 bytes of 0xaa
+  const std::string key(32, static_cast<char>(0xaa));
+  ProgressReporter rep(
+      "udp://127.0.0.1:" + std::to_string(ntohs(a.sin_port)) + "/job-000007.2?key=" + key_hex,
+      "job-000007", 1);
+  ASSERT_TRUE(rep.enabled());
+  rep.Report(9, 0.25, 10.0);
+  char buf[2048];
+  const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+  ASSERT_GT(n, 0);
+  cairn::proto::ProgressDatagram d;
+  ASSERT_TRUE(d.ParseFromArray(buf, static_cast<int>(n)));
+  EXPECT_EQ(d.key_id(), "job-000007.2");
+  EXPECT_EQ(d.tag().size(), 32u);
+  EXPECT_EQ(d.tag(), ProgressTag(key, "job-000007.2", d.progress()));
+  EXPECT_NE(d.tag(), ProgressTag(std::string(32, 'b'), "job-000007.2", d.progress()));
+  EXPECT_NE(d.tag(), ProgressTag(key, "job-000007.3", d.progress()));
+  cairn::proto::RankProgress msg;
+  ASSERT_TRUE(msg.ParseFromString(d.progress()));
+  EXPECT_EQ(msg.run_id(), "job-000007");
+  EXPECT_EQ(msg.rank(), 1u);
+  EXPECT_EQ(msg.step(), 9u);
+  close(fd);
+
+  // Destinations that do not parse disable the reports instead of failing.
+  const std::vector<std::string> bad_destinations = {"udp://127.0.0.1:1/run?key=abc",
+                                                     "udp://127.0.0.1/run?key=" + key_hex,
+                                                     "udp://127.0.0.1:1?key=" + key_hex};
+  for (const std::string& bad : bad_destinations) {
+    ProgressReporter off(bad, "run", 0);
+    EXPECT_FALSE(off.enabled()) << bad;
+  }
 }
 
 // Every report carries the last checkpoint heads, oldest first, so that heads committed

@@ -12,6 +12,10 @@
 //     cairn-rsh and the agent's hosts by itself);
 //   - cairnd's slurm executor runs each attempt of a job as a SLURM job, resumes after a
 //     scancel by hand, and attests each attempt's checkpoints with its SLURM job id;
+//   - a cairnd killed while sbatch runs (fault injection) adopts or resubmits the attempt
+//     when restarted, leaving exactly one SLURM job for it;
+//   - a SIGSTOPped rank of a slurm-executor job is found hung from its missing progress
+//     reports, its SLURM job cancelled, and the job resumes and finishes;
 //   - stopping the cluster leaves no daemon and no job process (checked in /proc).
 // Skips without root or without the SLURM packages. The cluster is started once for the
 // suite, in a directory and on ports of its own (tests/slurm_cluster.h: runs from other
@@ -611,6 +615,95 @@ TEST_F(SlurmTest, CairndStoppedDuringSbatchAdoptsOrResubmitsTheAttempt) {
     auto named = Slurm("squeue", {"--noheader", "--states=all", "--name=" + job_name, "-o", "%i"});
     EXPECT_EQ(named.output, slurm_id + "\n") << "SLURM jobs named " << job_name;
   }
+}
+
+// Hang detection for the slurm executor: the ranks report progress to cairnd itself (UDP,
+// tagged with the attempt's key). A rank stopped with SIGSTOP reports nothing more; after
+// hang_timeout cairnd ends the attempt and scancels its SLURM job, and the job resumes
+// from its checkpoint and finishes.
+TEST_F(SlurmTest, CairndEndsAHungSlurmAttemptAndTheJobResumes) {
+  const std::string state = (dir_ / "hang").string();
+  auto cairn = [&](std::vector<std::string> args, seconds timeout = seconds(120)) {
+    return RunCairn(state, std::move(args), {}, timeout);
+  };
+  struct Down {
+    std::function<void()> fn;
+    ~Down() { fn(); }
+  } down{[&] { cairn({"down"}); }};
+  auto up = cairn({"up", "--agents", "0", "--slurm"});
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  const std::string ckpt = (dir_ / "hang-ckpt").string();
+  constexpr int kHangS = 5;
+  auto s = cairn({"submit", "--executor", "slurm", "--ranks", "1", "--launcher", "mpi",
+                  "--hang-timeout", std::to_string(kHangS) + "s", "--checkpoint-dir", ckpt, "--",
+                  AbsBinDir() + "/cairn-fmnist", "--epochs", "100", "--steps", "8000", "--ckpt-every", "100",
+                  "--ckpt-dir", ckpt, "--key-file", key_});
+  const std::string id = JobIdOf(s);
+  ASSERT_FALSE(id.empty());
+  // Its reports reach cairnd (the step shows), and it has a checkpoint to resume from.
+  auto step_of = [](const nlohmann::json& j) -> uint64_t {
+    if (!j.contains("step")) return 0;
+    return j["step"].is_string() ? std::stoull(j["step"].get<std::string>())
+                                 : j["step"].get<uint64_t>();
+  };
+  nlohmann::json j;
+  for (int i = 0; i < 1200; ++i) {
+    j = JobStatus(state, id);
+    if (step_of(j) >= 200 && fs::exists(fs::path(ckpt) / "HEAD")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(fs::exists(fs::path(ckpt) / "HEAD")) << j.dump(1);
+  ASSERT_GE(step_of(j), 200u) << "no progress report reached cairnd\n" << j.dump(1);
+  ASSERT_EQ(j["runs"].size(), 1u) << j.dump(1);
+  const std::string slurm_id = j["runs"][0].value("executor_job_id", std::string());
+  ASSERT_FALSE(slurm_id.empty()) << j.dump(1);
+  pid_t rank = -1;
+  for (pid_t p : JobProcesses(state, id)) {
+    if (ProcessName(p) == "cairn-fmnist") rank = p;
+  }
+  ASSERT_GT(rank, 0) << "no cairn-fmnist process of " << id;
+  const int64_t stopped_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count();
+  ASSERT_EQ(::kill(rank, SIGSTOP), 0);
+
+  // The attempt is ended as hung within the hang timeout (plus cairnd's 250 ms tick and
+  // the last report's age), and its SLURM job is cancelled.
+  int64_t failed_ms = 0;
+  std::string failure;
+  for (int i = 0; i < 600 && failed_ms == 0; ++i) {
+    auto ev = cairn({"events", id, "--json"});
+    const auto events = nlohmann::json::parse(ev.output, nullptr, false);
+    if (events.is_object() && events.contains("events")) {
+      for (const auto& e : events["events"]) {
+        if (e.value("kind", "") != "attempt-failed") continue;
+        failed_ms = std::stoll(e["unix_ms"].is_string() ? e["unix_ms"].get<std::string>()
+                                                        : e["unix_ms"].dump());
+        failure = e.value("message", "");
+      }
+    }
+    if (failed_ms == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_GT(failed_ms, 0) << JobStatus(state, id).dump(1);
+  EXPECT_NE(failure.find("no progress for"), std::string::npos) << failure;
+  EXPECT_GE(failed_ms - stopped_ms, (kHangS - 1) * 1000) << failure;
+  EXPECT_LE(failed_ms - stopped_ms, (kHangS + 3) * 1000) << failure;
+  std::printf("[ timing  ] hung rank detected %.1f s after SIGSTOP (hang_timeout %d s)\n",
+              (failed_ms - stopped_ms) / 1000.0, kHangS);
+  const JobInfo cancelled = WaitForEnd(slurm_id, seconds(60));
+  EXPECT_EQ(cancelled.state, "CANCELLED") << cancelled.raw;
+
+  auto w = cairn({"wait", id, "--timeout", "300s"}, seconds(320));
+  EXPECT_EQ(w.exit_code, 0) << w.output;
+  j = JobStatus(state, id);
+  EXPECT_EQ(j["state"], "JOB_SUCCEEDED") << j.dump(1);
+  ASSERT_EQ(j["runs"].size(), 2u) << j.dump(1);
+  EXPECT_NE(j["runs"][1].value("executor_job_id", std::string()), slurm_id);
+  const std::string out =
+      ReadFile(fs::path(state) / "logs" / id / "attempt-2" / "slurm.out");
+  const std::string resumed = OutputValue(out, "resumed_from_step");
+  EXPECT_FALSE(resumed.empty() || resumed == "0") << out;
+  EXPECT_TRUE(JobProcesses(state, id).empty());
 }
 
 // (d) Last: stop leaves nothing running, and says so; status says down.
