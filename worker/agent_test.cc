@@ -100,6 +100,22 @@ class AgentTest : public ::testing::Test {
     ASSERT_EQ(n, static_cast<ssize_t>(bytes.size())) << std::strerror(errno);
   }
 
+  // Starts job-1's run, then a "rank 1" the agent did not spawn (other_: like an
+  // mpi-mode rank, no SIGCHLD of it reaches the agent), which reports progress once.
+  void StartRunWithForeignRank() {
+    agent_->ApplyOrders(Orders());
+    agent_->Step();  // starts the run
+    other_ = ::fork();
+    ASSERT_GE(other_, 0);
+    if (other_ == 0) {
+      ::pause();
+      ::_exit(0);
+    }
+    SendProgress(1, other_);
+    agent_->WaitForWork(std::chrono::milliseconds(0));
+    agent_->Step();  // reads the report, watches the rank
+  }
+
   fs::path dir_;
   std::unique_ptr<Agent> agent_;
   pid_t other_ = -1;
@@ -109,18 +125,7 @@ class AgentTest : public ::testing::Test {
 // the agent when it is killed. The pidfd the agent opened on its first progress report
 // wakes the agent at once, and the rank is reported as died.
 TEST_F(AgentTest, KilledRankThatIsNotTheAgentsChildWakesTheAgentAndIsReportedDead) {
-  agent_->ApplyOrders(Orders());
-  agent_->Step();  // starts the run
-  // A "rank" the agent did not spawn (no SIGCHLD handler is installed here either).
-  other_ = ::fork();
-  ASSERT_GE(other_, 0);
-  if (other_ == 0) {
-    ::pause();
-    ::_exit(0);
-  }
-  SendProgress(1, other_);
-  agent_->WaitForWork(std::chrono::milliseconds(0));
-  agent_->Step();  // reads the report, watches the rank
+  StartRunWithForeignRank();
   const proto::HeartbeatRequest report1 = agent_->Report(0);
   for (const auto& r : report1.runs()) {
     for (const auto& p : r.processes()) {
@@ -151,17 +156,7 @@ TEST_F(AgentTest, KilledRankThatIsNotTheAgentsChildWakesTheAgentAndIsReportedDea
 
 // A rank that said it exits on its own is not watched: its end is no failure.
 TEST_F(AgentTest, RankThatReportedItsExitIsNotReportedDead) {
-  agent_->ApplyOrders(Orders());
-  agent_->Step();
-  other_ = ::fork();
-  ASSERT_GE(other_, 0);
-  if (other_ == 0) {
-    ::pause();
-    ::_exit(0);
-  }
-  SendProgress(1, other_);
-  agent_->WaitForWork(std::chrono::milliseconds(0));
-  agent_->Step();
+  StartRunWithForeignRank();
   SendProgress(1, other_, /*exiting=*/true);
   agent_->Step();
   ASSERT_EQ(::kill(other_, SIGKILL), 0);
