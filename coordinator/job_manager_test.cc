@@ -1,12 +1,21 @@
 // The job manager driven through the Service exactly as agents and the CLI drive it:
 // registrations, heartbeats with run reports, and the orders in the replies. Time is a
-// fake clock; no process is started.
+// fake clock; no process is started (but for SlurmProgressTest's stand-ins for SLURM's
+// clients, small scripts).
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
+#include <chrono>
+#include <deque>
 #include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
 
 #include "common/io.h"
 #include "coordinator/service.h"
+#include "runtime/progress.h"
 
 namespace cairn::coord {
 namespace {
@@ -593,6 +602,335 @@ TEST_F(JobManagerTest, QuarantineTimeZeroLastsUntilTheAgentRegistersAgain) {
   ASSERT_EQ(released.size(), 1u);
   EXPECT_NE(released[0].find("registered again"), std::string::npos) << released[0];
   EXPECT_EQ(Beat("n1").runs_size(), 1);
+}
+
+// Progress datagrams of SLURM-executor ranks (JobManager::OnNetworkProgress), as the
+// server's UDP socket hands them over. The attempts are real slurm-executor attempts:
+// SlurmExecutor runs sbatch, squeue, scontrol and scancel, here small scripts in the test's
+// directory that keep each job's state in a file (no SLURM cluster; tests/slurm_test runs
+// the same path against a real one). Their blocking calls run on a BlockingWorker whose
+// continuations the test runs on its own thread (Pump), as cairnd's io_context would.
+class SlurmProgressTest : public JobManagerTest {
+ protected:
+  static constexpr int64_t kHangMs = 5000;
+
+  void SetUp() override {
+    JobManagerTest::SetUp();
+    bin_ = dir_ / "bin";
+    std::filesystem::create_directories(bin_);
+    // sbatch --parsable ... SCRIPT: a new job id.
+    Script("sbatch",
+           "n=$(cat \"$d/next\" 2>/dev/null || echo 100)\n"
+           "echo $((n + 1)) > \"$d/next\"\n"
+           "echo \"$n\"\n");
+    // squeue --noheader --states=all --jobs=ID,... --format=%i|%T|%r
+    Script("squeue",
+           "for a in \"$@\"; do case \"$a\" in --jobs=*) ids=\"${a#--jobs=}\";; esac; done\n"
+           "for id in $(echo \"$ids\" | tr , ' '); do\n"
+           "  echo \"$id|$(cat \"$d/state.$id\" 2>/dev/null || echo RUNNING)|None\"\n"
+           "done\n");
+    // scontrol -o show job ID
+    Script("scontrol",
+           "echo \"JobId=$4 JobState=$(cat \"$d/state.$4\" 2>/dev/null || echo RUNNING) "
+           "Reason=None ExitCode=0:15\"\n");
+    // scancel -v [--signal=N] ID
+    Script("scancel", "for id; do :; done\necho CANCELLED > \"$d/state.$id\"\n");
+    service_.reset();
+    ServiceOptions o;
+    o.node_timeout_ms = 5000;
+    o.jobs.state_dir = dir_.string();
+    o.jobs.slurm_poll_ms = 1000;
+    service_ = std::make_unique<Service>(
+        store_.get(), "t", [this] { return now_; }, o);
+    SlurmExecutorOptions so;
+    so.bin_dir = bin_.string();
+    so.timeout = std::chrono::milliseconds(10'000);
+    executor_ = std::make_unique<SlurmExecutor>(so);
+    worker_ = std::make_unique<BlockingWorker>([this](std::function<void()> fn) {
+      std::lock_guard lock(mu_);
+      posted_.push_back(std::move(fn));
+    });
+    service_->jobs().set_slurm(executor_.get(), worker_.get());
+    // Where the ranks would send their reports (nothing listens: the test hands them over).
+    service_->set_progress_endpoint("127.0.0.1", 9);
+    ASSERT_TRUE(service_->Recover());
+  }
+  void TearDown() override {
+    worker_.reset();  // waits for a SLURM client in flight; drops the rest
+    posted_.clear();
+    JobManagerTest::TearDown();
+  }
+  void Script(const std::string& name, const std::string& body) {
+    const auto path = bin_ / name;
+    std::ofstream(path) << "#!/bin/sh\nd='" << bin_.string() << "'\n" << body;
+    std::filesystem::permissions(path, std::filesystem::perms::owner_all);
+  }
+  // Runs the SLURM calls' continuations until `done` (at most 10 s).
+  bool Pump(const std::function<bool()>& done) {
+    for (int i = 0; i < 2000; ++i) {
+      std::deque<std::function<void()>> ready;
+      {
+        std::lock_guard lock(mu_);
+        ready.swap(posted_);
+      }
+      for (auto& fn : ready) fn();
+      if (done()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return done();
+  }
+  std::string SubmitSlurm(uint32_t ranks) {
+    proto::SubmitJobRequest r;
+    r.mutable_spec()->add_command("/bin/true");
+    r.mutable_spec()->set_ranks(ranks);
+    r.mutable_spec()->set_max_restarts(3);
+    r.mutable_spec()->set_executor("slurm");
+    r.mutable_spec()->set_hang_timeout_ms(kHangMs);
+    return Call<proto::SubmitJobReply>("SubmitJob", r).job_id();
+  }
+  // Waits until attempt `attempt` of the job has its SLURM job and SLURM says it runs.
+  void WaitRunning(const std::string& id, uint32_t attempt) {
+    ASSERT_TRUE(Pump([&] {
+      auto js = Job(id);
+      return js.runs_size() >= static_cast<int>(attempt) &&
+             !js.runs(static_cast<int>(attempt) - 1).executor_job_id().empty();
+    })) << "sbatch";
+    now_ += 1000;  // the next SLURM poll is due
+    service_->Tick();
+    ASSERT_TRUE(Pump([&] {
+      return Job(id).runs(static_cast<int>(attempt) - 1).state() == proto::RUN_RUNNING;
+    })) << "squeue";
+  }
+  // The progress key cairnd handed the attempt (CAIRN_PROGRESS_SOCKET in its batch script).
+  std::string HandedKey(const std::string& id, uint32_t attempt) {
+    const auto script = dir_ / "logs" / id / ("attempt-" + std::to_string(attempt)) / "job.sbatch";
+    auto text = io::ReadWholeFile(io::DefaultFileSystem(), script.string());
+    EXPECT_TRUE(text) << script;
+    if (!text) return "";
+    const std::string marker = fmt::format("udp://127.0.0.1:9/{}.{}?key=", id, attempt);
+    const auto at = text->find(marker);
+    EXPECT_NE(at, std::string::npos) << *text;
+    if (at == std::string::npos) return "";
+    std::string key;
+    for (std::size_t i = at + marker.size(); i + 1 < text->size() && key.size() < 32; i += 2) {
+      key.push_back(static_cast<char>(std::stoi(text->substr(i, 2), nullptr, 16)));
+    }
+    return key;
+  }
+  // HMAC-SHA256(secret, "cairn.progress-key.v1" NUL run id): an attempt's key.
+  static std::string Key(const std::string& secret, const std::string& run_id) {
+    std::string data = "cairn.progress-key.v1";
+    data.push_back('\0');
+    data += run_id;
+    unsigned char out[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
+         reinterpret_cast<const unsigned char*>(data.data()), data.size(), out, &len);
+    return std::string(reinterpret_cast<const char*>(out), len);
+  }
+  static std::string Progress(const std::string& job_id, uint32_t rank, uint64_t step,
+                              int64_t unix_ms) {
+    proto::RankProgress p;
+    p.set_run_id(job_id);
+    p.set_rank(rank);
+    p.set_step(step);
+    p.set_unix_ms(unix_ms);
+    p.set_pid(4242);
+    return p.SerializeAsString();
+  }
+  static std::string Datagram(const std::string& key_id, const std::string& progress,
+                              const std::string& tag) {
+    proto::ProgressDatagram d;
+    d.set_key_id(key_id);
+    d.set_progress(progress);
+    d.set_tag(tag);
+    return d.SerializeAsString();
+  }
+  // What a rank holding `key` sends.
+  static std::string Signed(const std::string& key, const std::string& key_id,
+                            const std::string& progress) {
+    return Datagram(key_id, progress, rt::ProgressTag(key, key_id, progress));
+  }
+  // Datagrams that must not count for the live attempt `run_id` of job `id` (with `ranks`
+  // ranks, handed `key`), each claiming step 999 at a time later than any report so far.
+  static std::vector<std::pair<std::string, std::string>> Forgeries(const std::string& id,
+                                                                    const std::string& run_id,
+                                                                    const std::string& key,
+                                                                    uint32_t ranks) {
+    const int64_t late = 9'000'000;
+    const std::string p = Progress(id, 0, 999, late);
+    const std::string tag = rt::ProgressTag(key, run_id, p);
+    std::vector<std::pair<std::string, std::string>> out;
+    out.emplace_back("garbage", std::string("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01garbage"));
+    out.emplace_back("empty", std::string());
+    out.emplace_back("oversized garbage", std::string(1 << 20, '\xff'));
+    // A genuine datagram too long for the server's 64 KiB receive buffer, cut there.
+    proto::RankProgress big;
+    big.ParseFromString(p);
+    big.set_ckpt_dir(std::string(70'000, 'x'));
+    out.emplace_back("oversized, cut at 64 KiB",
+                     Signed(key, run_id, big.SerializeAsString()).substr(0, 65536));
+    out.emplace_back("unknown job", Signed(Key("t", "job-999999.1"), "job-999999.1", p));
+    out.emplace_back("unknown attempt of the job", Signed(Key("t", id + ".7"), id + ".7", p));
+    out.emplace_back("no dot in the key id", Signed(Key("t", id), id, p));
+    out.emplace_back("key of another run id", Signed(Key("t", id + ".7"), run_id, p));
+    out.emplace_back("key from another secret", Signed(Key("u", run_id), run_id, p));
+    out.emplace_back("tag bound to another key id",
+                     Datagram(run_id, p, rt::ProgressTag(key, id + ".7", p)));
+    out.emplace_back("tampered payload (tag of other progress)",
+                     Datagram(run_id, p, rt::ProgressTag(key, run_id, Progress(id, 0, 998, late))));
+    out.emplace_back("truncated tag", Datagram(run_id, p, tag.substr(0, 16)));
+    out.emplace_back("no tag", Datagram(run_id, p, ""));
+    out.emplace_back("tag with a byte more", Datagram(run_id, p, tag + "x"));
+    out.emplace_back("rank == ranks", Signed(key, run_id, Progress(id, ranks, 999, late)));
+    out.emplace_back("rank 2^32-1", Signed(key, run_id, Progress(id, 0xffffffffu, 999, late)));
+    out.emplace_back(
+        "tagged bytes that are no RankProgress",
+        Signed(key, run_id, std::string("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01")));
+    return out;
+  }
+  uint64_t Step(const std::string& id) { return Job(id).step(); }
+  // Why the job's attempts failed ("attempt-failed" events: written when cairnd ends an
+  // attempt, before SLURM has ended its job and the attempt's state is stored).
+  std::vector<std::string> Failures(const std::string& id) {
+    proto::GetEventsRequest r;
+    r.set_job_id(id);
+    auto reply = Call<proto::GetEventsReply>("GetEvents", r);
+    std::vector<std::string> out;
+    for (const auto& e : reply.events()) {
+      if (e.kind() == "attempt-failed") out.push_back(e.message());
+    }
+    return out;
+  }
+
+  std::filesystem::path bin_;
+  std::unique_ptr<SlurmExecutor> executor_;
+  std::mutex mu_;
+  std::deque<std::function<void()>> posted_;
+  std::unique_ptr<BlockingWorker> worker_;  // last: stopped first
+};
+
+TEST_F(SlurmProgressTest, ForgedOrReplayedDatagramsNeitherMoveTheAttemptNorKeepItAlive) {
+  const std::string id = SubmitSlurm(2);
+  ASSERT_NO_FATAL_FAILURE(WaitRunning(id, 1));
+  const std::string run_id = id + ".1";
+  const std::string key = HandedKey(id, 1);
+  ASSERT_EQ(key.size(), 32u);
+  ASSERT_EQ(key, Key("t", run_id));  // the derivation the forgeries below vary
+  // Genuine reports move the attempt, and a genuine report keeps it alive.
+  const std::string first = Signed(key, run_id, Progress(id, 0, 10, 1000));
+  service_->OnProgressDatagram(first);
+  EXPECT_EQ(Step(id), 10u);
+  now_ += kHangMs - 1000;
+  const std::string latest = Signed(key, run_id, Progress(id, 1, 11, 2000));
+  service_->OnProgressDatagram(latest);
+  EXPECT_EQ(Step(id), 11u);
+  const int64_t last_genuine = now_;
+  now_ += 2000;  // past hang_timeout after the first report, not after the latest
+  service_->Tick();
+  ASSERT_TRUE(Failures(id).empty()) << Failures(id)[0];
+  // Forgeries and replays, just before the attempt would be hung: none counts.
+  now_ = last_genuine + kHangMs - 1000;
+  auto bad = Forgeries(id, run_id, key, 2);
+  bad.emplace_back("replay of an older report", first);
+  bad.emplace_back("replay of the latest report", latest);
+  for (const auto& [what, bytes] : bad) {
+    service_->OnProgressDatagram(bytes);
+    EXPECT_EQ(Step(id), 11u) << what;
+  }
+  service_->Tick();
+  ASSERT_TRUE(Failures(id).empty()) << Failures(id)[0];
+  // hang_timeout after the last genuine report, it is hung: nothing since counted.
+  now_ = last_genuine + kHangMs + 1;
+  service_->Tick();
+  auto failed = Failures(id);
+  ASSERT_EQ(failed.size(), 1u) << "not hung: a datagram after the last genuine one counted";
+  EXPECT_NE(failed[0].find("no progress for 5.0 s"), std::string::npos) << failed[0];
+  // Until SLURM says its job is over, the attempt is stopping: a genuine report now does
+  // not count either.
+  service_->OnProgressDatagram(Signed(key, run_id, Progress(id, 0, 500, 3000)));
+  EXPECT_EQ(Step(id), 11u);
+  ASSERT_TRUE(Pump([&] {
+    now_ += 1000;
+    service_->Tick();
+    return Job(id).runs(0).state() == proto::RUN_FAILED;
+  })) << "scancel, then squeue";
+  auto js = Job(id);
+  EXPECT_NE(js.runs(0).failure().find("no progress for 5.0 s"), std::string::npos)
+      << js.runs(0).failure();
+  EXPECT_EQ(js.runs(0).last_step(), 11u);
+  EXPECT_TRUE(std::ifstream(bin_ / ("state." + js.runs(0).executor_job_id())).good())
+      << "scancel was not run";
+}
+
+TEST_F(SlurmProgressTest, ForgedDatagramsBeforeTheFirstReportDoNotStartHangDetection) {
+  const std::string id = SubmitSlurm(2);
+  ASSERT_NO_FATAL_FAILURE(WaitRunning(id, 1));
+  const std::string run_id = id + ".1";
+  const std::string key = HandedKey(id, 1);
+  ASSERT_EQ(key.size(), 32u);
+  for (const auto& [what, bytes] : Forgeries(id, run_id, key, 2)) {
+    service_->OnProgressDatagram(bytes);
+    EXPECT_EQ(Step(id), 0u) << what;
+  }
+  // Ranks that never reached cairnd are not hung: had a forgery counted as their first
+  // report, hang_timeout would now end the attempt.
+  now_ += 10 * kStartupAllowanceMs;
+  service_->Tick();
+  EXPECT_TRUE(Failures(id).empty()) << Failures(id)[0];
+  // The first genuine report is taken.
+  service_->OnProgressDatagram(Signed(key, run_id, Progress(id, 1, 3, 100)));
+  EXPECT_EQ(Step(id), 3u);
+}
+
+TEST_F(SlurmProgressTest, AnEndedAttemptsKeyDoesNotReportForTheNextAttempt) {
+  const std::string id = SubmitSlurm(1);
+  ASSERT_NO_FATAL_FAILURE(WaitRunning(id, 1));
+  const std::string key1 = HandedKey(id, 1);
+  ASSERT_EQ(key1.size(), 32u);
+  service_->OnProgressDatagram(Signed(key1, id + ".1", Progress(id, 0, 20, 1000)));
+  ASSERT_EQ(Step(id), 20u);
+  // SLURM ends the attempt (cancelled outside cairn); the job restarts.
+  ASSERT_TRUE(std::ofstream(bin_ / ("state." + Job(id).runs(0).executor_job_id()))
+              << "CANCELLED\n");
+  ASSERT_TRUE(Pump([&] {
+    now_ += 1000;
+    service_->Tick();
+    return Job(id).runs_size() == 2;
+  })) << "restart";
+  ASSERT_EQ(Job(id).runs(0).state(), proto::RUN_FAILED);
+  ASSERT_NO_FATAL_FAILURE(WaitRunning(id, 2));
+  const std::string key2 = HandedKey(id, 2);
+  ASSERT_EQ(key2.size(), 32u);
+  EXPECT_NE(key1, key2);
+  const int64_t started = now_;
+  // The ended attempt's ranks (or a replay of them) with its key: for the ended attempt,
+  // or claiming the new one.
+  const std::string p = Progress(id, 0, 999, 9'000'000);
+  service_->OnProgressDatagram(Signed(key1, id + ".1", p));
+  EXPECT_EQ(Step(id), 0u) << "the ended attempt's run id";
+  service_->OnProgressDatagram(Signed(key1, id + ".2", p));
+  EXPECT_EQ(Step(id), 0u) << "the ended attempt's key for the new attempt";
+  service_->OnProgressDatagram(Datagram(id + ".2", p, rt::ProgressTag(key1, id + ".1", p)));
+  EXPECT_EQ(Step(id), 0u) << "the ended attempt's tag under the new attempt's id";
+  now_ = started + 10 * kStartupAllowanceMs;
+  service_->Tick();
+  ASSERT_EQ(Failures(id).size(), 1u) << "attempt 2 hung: a datagram of attempt 1 counted";
+  // The new attempt's own key counts.
+  service_->OnProgressDatagram(Signed(key2, id + ".2", Progress(id, 0, 21, 2000)));
+  EXPECT_EQ(Step(id), 21u);
+}
+
+TEST_F(SlurmProgressTest, DatagramsDoNotReportForAnAgentsAttempt) {
+  Register("n1", 2);
+  const std::string id = Submit(1);
+  auto o = Beat("n1").runs(0);
+  Beat("n1", {Report(o, true, 0, 0, 5)});
+  ASSERT_EQ(Step(id), 5u);
+  // Even tagged with the key cairnd would derive for it: its progress comes from its agent.
+  service_->OnProgressDatagram(
+      Signed(Key("t", o.run_id()), o.run_id(), Progress(id, 0, 999, 9'000'000)));
+  EXPECT_EQ(Step(id), 5u);
 }
 
 }  // namespace
