@@ -167,6 +167,26 @@ TEST_F(FmnistExact, BadDatasetIsNamed) {
       << missing.output;
 }
 
+// The cairn config file (--config, else $CAIRN_CONFIG) sets the job's log level like
+// every cairn binary's; a broken one is an error naming file, line and key.
+TEST_F(FmnistExact, ConfigFileSetsTheLogLevelAndABadOneIsNamed) {
+  const std::string quiet = (dir_ / "quiet.yaml").string();
+  std::ofstream(quiet) << "log_level: warn\n";
+  auto r = RunCommand({BinDir() + "/cairn-fmnist", "--config", quiet, "--steps", "3"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find(" I [fmnist]"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("weights_sha256="), std::string::npos) << r.output;
+  auto loud = RunCommand({BinDir() + "/cairn-fmnist", "--steps", "3"});
+  EXPECT_NE(loud.output.find(" I [fmnist]"), std::string::npos) << loud.output;
+
+  const std::string bad = (dir_ / "bad.yaml").string();
+  std::ofstream(bad) << "log_levl: warn\n";
+  auto b = RunCommand({BinDir() + "/cairn-fmnist", "--config", bad, "--steps", "3"});
+  EXPECT_EQ(b.exit_code, 2) << b.output;
+  EXPECT_NE(b.output.find(bad + ":1:1: unknown key 'log_levl'"), std::string::npos) << b.output;
+  EXPECT_EQ(b.output.find("weights_sha256="), std::string::npos);
+}
+
 // --device cuda (label gpu): reaches the accuracy target in 3 epochs, and a preempted GPU
 // run resumes bit-identically. Skips without a GPU.
 TEST_F(FmnistExact, CudaDeviceTrainsAndResumesExactly) {

@@ -842,10 +842,9 @@ int main(int argc, char** argv) {
                  "Seconds before a collective with a dead peer fails the run")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  if (!std_flags.log_level.empty()) {
-    if (auto s = log::SetLevel(std_flags.log_level); !s) {
-      return ReportError("cairn-fmnist", s.error());
-    }
+  // The config file's log_level (--log-level over it); its other keys are the daemons'.
+  if (auto config = LoadEffectiveConfig(std_flags); !config) {
+    return ReportError("cairn-fmnist", config.error());
   }
   rt::InstallPreemptionHandlers();
   openblas_set_num_threads(1);  // determinism, and ranks share the cores
