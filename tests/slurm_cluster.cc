@@ -91,10 +91,19 @@ std::string LocalSlurmCluster::Unavailable() {
 }
 
 std::map<std::string, std::string> LocalSlurmCluster::Env() const {
-  return {{"CAIRN_SLURM_DIR", dir_},
-          {"CAIRN_SLURM_PORT", std::to_string(ctld_port_)},
-          {"CAIRN_SLURMD_PORT", std::to_string(slurmd_port_)},
-          {"SLURM_CONF", conf()}};
+  std::map<std::string, std::string> env = {{"CAIRN_SLURM_DIR", dir_},
+                                            {"CAIRN_SLURM_PORT", std::to_string(ctld_port_)},
+                                            {"CAIRN_SLURMD_PORT", std::to_string(slurmd_port_)},
+                                            {"SLURM_CONF", conf()}};
+  if (!nodes_.empty()) {
+    std::string spec;
+    for (const auto& n : nodes_) {
+      spec += (spec.empty() ? "" : " ") + n.name + ":" + n.address + ":" + n.netns;
+    }
+    env["CAIRN_SLURM_CTLD_ADDR"] = ctld_address_;
+    env["CAIRN_SLURM_NODES"] = spec;
+  }
+  return env;
 }
 
 CommandResult LocalSlurmCluster::Ctl(const std::string& verb) const { return RunScript(verb, Env()); }

@@ -13,11 +13,18 @@
 // No fixed path or port is used, so a cluster someone started by hand (default
 // /tmp/cairn-slurm, port 6817) is not touched either.
 //
+// Several nodes: SetNetnsNodes() before Start() gives the cluster one node per network
+// namespace (local-cluster's CAIRN_SLURM_NODES: each slurmd in its namespace, with its
+// own hostname, spool, pid file and log); the caller creates and removes the namespaces
+// and the network that connects them to slurmctld's address.
+//
 // Threading: one thread (a test suite's); not copyable.
 #pragma once
 
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "tests/process_util.h"
 
@@ -29,6 +36,17 @@ class LocalSlurmCluster {
   ~LocalSlurmCluster();
   LocalSlurmCluster(const LocalSlurmCluster&) = delete;
   LocalSlurmCluster& operator=(const LocalSlurmCluster&) = delete;
+
+  // One node of a multi-node cluster: slurmd `name` at `address` in /run/netns/`netns`.
+  struct NetnsNode {
+    std::string name, address, netns;
+  };
+  // Before Start(): the nodes, and slurmctld's address (in the root namespace) that they
+  // reach.
+  void SetNetnsNodes(std::string ctld_address, std::vector<NetnsNode> nodes) {
+    ctld_address_ = std::move(ctld_address);
+    nodes_ = std::move(nodes);
+  }
 
   // Why a SLURM cluster cannot run here ("" when it can): not root, or a tool is missing.
   static std::string Unavailable();
@@ -46,13 +64,16 @@ class LocalSlurmCluster {
   std::string conf() const { return dir_ + "/slurm.conf"; }
   int ctld_port() const { return ctld_port_; }
   int slurmd_port() const { return slurmd_port_; }
-  // CAIRN_SLURM_DIR, CAIRN_SLURM_PORT, CAIRN_SLURMD_PORT and SLURM_CONF of this cluster.
+  // CAIRN_SLURM_DIR, CAIRN_SLURM_PORT, CAIRN_SLURMD_PORT and SLURM_CONF of this cluster
+  // (and CAIRN_SLURM_CTLD_ADDR, CAIRN_SLURM_NODES with several nodes).
   std::map<std::string, std::string> Env() const;
 
  private:
   std::string dir_;
   int ctld_port_ = 0;
   int slurmd_port_ = 0;
+  std::string ctld_address_;
+  std::vector<NetnsNode> nodes_;
 };
 
 // The path of scripts/slurm/local-cluster ($CAIRN_SOURCE_DIR, else the working directory).
