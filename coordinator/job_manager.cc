@@ -590,13 +590,17 @@ void JobManager::OnReport(const proto::HeartbeatRequest& hb) {
         } else {
           // Heads committed since the last one seen here (several can commit between two
           // heartbeats) are attested too, oldest first; the newest is the job's head.
+          // The checkpoint the attempt loaded is not its output (it can be newer than
+          // the head it was handed when the last commit of the attempt before raced its
+          // end): that attempt's record is the one it binds.
           for (const auto& h : p.recent_heads()) {
-            if (h.step() > run.head_step && h.step() < p.ckpt_step() && !h.head().empty()) {
+            if (h.step() > run.head_step && h.step() < p.ckpt_step() && !h.head().empty() &&
+                h.head() != p.resumed_from()) {
               Attest(run, h.step(), h.head(), false);
             }
           }
           run.head_step = p.ckpt_step();
-          Attest(run, p.ckpt_step(), p.ckpt_head(), false);
+          if (p.ckpt_head() != p.resumed_from()) Attest(run, p.ckpt_step(), p.ckpt_head(), false);
         }
       }
       if (!run.resumed_recorded && !p.resumed_from().empty()) {

@@ -439,14 +439,22 @@ void Agent::ReadProgress() {
     if (n <= 0) break;
     proto::RankProgress p;
     if (!p.ParseFromArray(buf, static_cast<int>(n))) continue;
-    // CAIRN_RUN_ID is the job id; the live attempt of that job takes the report.
+    // CAIRN_RUN_ID is the job id; the live attempt of that job takes the report, else
+    // the one stopping: a checkpoint its rank 0 committed just before the end is still
+    // the job's newest, to be handed to the next attempt (which starts only once this
+    // one is gone from the node).
+    LocalRun* to = nullptr;
     for (auto& [id, run] : runs_) {
-      if (run.order.job_id() == p.run_id() && !run.stopping) {
-        if (!p.exiting()) WatchRank(static_cast<pid_t>(p.pid()));
-        run.progress[p.rank()] = p;
+      if (run.order.job_id() != p.run_id()) continue;
+      if (!run.stopping) {
+        to = &run;
         break;
       }
+      if (!run.killed) to = &run;
     }
+    if (to == nullptr) continue;
+    if (!to->stopping && !p.exiting()) WatchRank(static_cast<pid_t>(p.pid()));
+    to->progress[p.rank()] = p;
   }
 }
 
@@ -554,6 +562,7 @@ bool Agent::Step() {
           }
         }
         if (!sup_->Alive(run.order.run_id())) {
+          ReadProgress();  // whatever its processes sent before they went
           run.killed = true;
           for (auto& p : run.procs) p.running = false;
           changed = true;

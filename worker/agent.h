@@ -20,7 +20,9 @@
 // gone. Rank progress datagrams (runtime/progress.h) are kept per rank and reported; a
 // rank that reported progress is watched through a pidfd, so its death wakes the agent at
 // once also when it is not the agent's child (mpi mode), and is reported as died unless
-// it reported its own exit.
+// it reported its own exit. Reports of a stopping run still count until nothing of it is
+// left (read once more then): a checkpoint committed just before the end is the job's
+// newest, and the next attempt must be handed it.
 // Logs: <state dir>/logs/<job>/attempt-<n>/ rank-<r>.log (env), mpirun.log,
 // orted-<node>.log (on the gang's other nodes) and rank.<r>/stdout (mpi, written by
 // mpirun's output forwarding).

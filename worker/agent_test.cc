@@ -45,7 +45,8 @@ class AgentTest : public ::testing::Test {
   }
 
   // One env-mode rank of job-1's `attempt` on this node.
-  static void AddRun(proto::HeartbeatReply& reply, uint32_t attempt, bool stop = false) {
+  static void AddRun(proto::HeartbeatReply& reply, uint32_t attempt, bool stop = false,
+                     bool ignores_sigterm = false) {
     auto* o = reply.add_runs();
     o->set_run_id(fmt::format("job-1.{}", attempt));
     o->set_job_id("job-1");
@@ -58,8 +59,14 @@ class AgentTest : public ::testing::Test {
     h->set_node_id("n1");
     h->set_slots(1);
     o->mutable_spec()->set_launcher("env");
-    o->mutable_spec()->add_command("/bin/sleep");
-    o->mutable_spec()->add_command("60");
+    if (ignores_sigterm) {
+      for (const char* a : {"/bin/sh", "-c", "trap '' TERM; sleep 60 & wait; wait"}) {
+        o->mutable_spec()->add_command(a);
+      }
+    } else {
+      o->mutable_spec()->add_command("/bin/sleep");
+      o->mutable_spec()->add_command("60");
+    }
   }
   static proto::HeartbeatReply Orders() {
     proto::HeartbeatReply reply;
@@ -80,13 +87,17 @@ class AgentTest : public ::testing::Test {
   }
 
   // Sends one progress datagram as a rank would (runtime/progress.h).
-  void SendProgress(uint32_t rank, pid_t pid, bool exiting = false) {
+  void SendProgress(uint32_t rank, pid_t pid, bool exiting = false, uint64_t ckpt_step = 0) {
     proto::RankProgress p;
     p.set_run_id("job-1");
     p.set_rank(rank);
     p.set_pid(static_cast<uint32_t>(pid));
     p.set_step(1);
     p.set_exiting(exiting);
+    if (ckpt_step > 0) {
+      p.set_ckpt_step(ckpt_step);
+      p.set_ckpt_head(std::string(64, 'c'));
+    }
     const std::string bytes = p.SerializeAsString();
     const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     ASSERT_GE(fd, 0);
@@ -217,6 +228,40 @@ TEST_F(AgentTest, NextAttemptWaitsWhileThePreviousIsStopping) {
   }
   EXPECT_TRUE(Running("job-1.2"));
   EXPECT_FALSE(Running("job-1.1"));
+}
+
+// A checkpoint rank 0 committed while its attempt was being stopped (another rank died
+// first) still reaches cairnd: it is the job's newest, which the next attempt is handed.
+TEST_F(AgentTest, StoppingRunStillTakesItsRanksCheckpointReports) {
+  proto::HeartbeatReply start;
+  start.set_orders_version(1);
+  AddRun(start, 1, /*stop=*/false, /*ignores_sigterm=*/true);
+  agent_->ApplyOrders(start);
+  agent_->Step();
+  ASSERT_TRUE(Running("job-1.1"));
+  other_ = ::fork();
+  ASSERT_GE(other_, 0);
+  if (other_ == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  proto::HeartbeatReply stop;
+  stop.set_orders_version(2);
+  AddRun(stop, 1, /*stop=*/true, /*ignores_sigterm=*/true);
+  stop.mutable_runs(0)->set_stop_grace_ms(60'000);
+  agent_->ApplyOrders(stop);
+  agent_->Step();  // stopping: SIGTERM sent, ignored: the grace runs
+  ASSERT_TRUE(Running("job-1.1"));
+  SendProgress(1, other_, /*exiting=*/false, /*ckpt_step=*/100);
+  agent_->Step();
+  uint64_t reported = 0;
+  const proto::HeartbeatRequest hb = agent_->Report(0);
+  for (const auto& r : hb.runs()) {
+    for (const auto& p : r.progress()) {
+      if (p.rank() == 1) reported = p.ckpt_step();
+    }
+  }
+  EXPECT_EQ(reported, 100u) << "the stopping attempt's last checkpoint report was dropped";
 }
 
 }  // namespace
