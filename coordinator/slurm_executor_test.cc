@@ -379,10 +379,14 @@ TEST_F(SlurmExecutorTest, FindsJobsByNameAndSubmittersOfAScript) {
   auto child = cairn::testing::SpawnWithOutput({"/bin/sh", "-c", "sleep 30; :", "sh", script},
                                                {}, /*own_group=*/true);
   ASSERT_GT(child.pid, 0);
+  // The shell forks for `sleep`; until that child has exec'd, it carries the same
+  // arguments and counts too. Wait until only the shell is left.
   std::vector<int> found;
-  for (int i = 0; i < 50 && found.empty(); ++i) {
+  for (int i = 0; i < 100 && found != std::vector<int>{child.pid}; ++i) {
     found = SlurmExecutor::SubmittersOf(script);
-    if (found.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (found != std::vector<int>{child.pid}) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
   }
   EXPECT_EQ(found, std::vector<int>{child.pid});
   EXPECT_TRUE(SlurmExecutor::SubmittersOf(script + ".other").empty());
