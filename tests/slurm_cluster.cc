@@ -166,4 +166,15 @@ LocalSlurmCluster::~LocalSlurmCluster() {
   fs::remove_all(dir_, ec);
 }
 
+void LocalSlurmCluster::ClearSlurmEnvironment() {
+  for (char** e = environ; *e != nullptr;) {
+    const std::string kv(*e);
+    if (kv.starts_with("SLURM_")) {
+      ::unsetenv(kv.substr(0, kv.find('=')).c_str());  // shifts the rest down
+    } else {
+      ++e;
+    }
+  }
+}
+
 }  // namespace cairn::testing

@@ -50,6 +50,9 @@ class LocalSlurmCluster {
 
   // Why a SLURM cluster cannot run here ("" when it can): not root, or a tool is missing.
   static std::string Unavailable();
+  // Unsets every SLURM_* variable of this process, so that clients and jobs see only this
+  // cluster's settings (e.g. when the tests themselves run inside a SLURM job).
+  static void ClearSlurmEnvironment();
 
   // Removes what killed earlier tests left, creates the directory, picks the ports and
   // runs `local-cluster start` (the result of the last try).

@@ -76,14 +76,7 @@ class SlurmMultiNodeTest : public ::testing::Test {
       ASSERT_EQ(::access((bin_ + "/" + b).c_str(), X_OK), 0) << "missing " << bin_ << "/" << b;
     }
     // Clients and jobs: only this cluster's SLURM_* settings.
-    for (char** e = environ; *e != nullptr;) {
-      std::string kv(*e);
-      if (kv.starts_with("SLURM_")) {
-        ::unsetenv(kv.substr(0, kv.find('=')).c_str());
-      } else {
-        ++e;
-      }
-    }
+    LocalSlurmCluster::ClearSlurmEnvironment();
     RemoveLeftNetworks();
 
     // The network: a bridge in the root namespace, one namespace per node behind it.

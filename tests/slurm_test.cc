@@ -149,14 +149,7 @@ class SlurmTest : public ::testing::Test {
     skip_reason_ = LocalSlurmCluster::Unavailable();
     if (!skip_reason_.empty()) return;
     // Clients and the jobs' environment: only this cluster's SLURM_CONF.
-    for (char** e = environ; *e != nullptr;) {
-      std::string kv(*e);
-      if (kv.starts_with("SLURM_")) {
-        ::unsetenv(kv.substr(0, kv.find('=')).c_str());
-      } else {
-        ++e;
-      }
-    }
+    LocalSlurmCluster::ClearSlurmEnvironment();
     Cluster() = std::make_unique<LocalSlurmCluster>();
     start_ = Cluster()->Start();
     ::setenv("SLURM_CONF", Cluster()->conf().c_str(), 1);
@@ -241,6 +234,24 @@ class SlurmTest : public ::testing::Test {
   static inline bool stopped_ = false;  // by the last test
   fs::path dir_;
   std::string key_;
+};
+
+// cairn with the slurm executor and no agents (`cairn up --agents 0 --slurm` in
+// `state`), taken down when it goes out of scope, also when a test fails.
+class SlurmCairn {
+ public:
+  explicit SlurmCairn(std::string state, std::map<std::string, std::string> env = {})
+      : state_(std::move(state)), env_(std::move(env)) {}
+  ~SlurmCairn() { Run({"down"}); }
+  SlurmCairn(const SlurmCairn&) = delete;
+  SlurmCairn& operator=(const SlurmCairn&) = delete;
+  CommandResult Run(std::vector<std::string> args, seconds timeout = seconds(120)) const {
+    return RunCairn(state_, std::move(args), env_, timeout);
+  }
+
+ private:
+  std::string state_;
+  std::map<std::string, std::string> env_;
 };
 
 TEST_F(SlurmTest, StartIsIdempotentAndStatusSaysUp) {
@@ -391,13 +402,10 @@ TEST_F(SlurmTest, AgentsInsideAnAllocationRunAJob) {
 // `cairn cancel` cancels it in SLURM.
 TEST_F(SlurmTest, CairndRunsJobsThroughSlurmAndResumesAfterAScancel) {
   const std::string state = (dir_ / "cairn").string();
+  const SlurmCairn cluster(state);
   auto cairn = [&](std::vector<std::string> args, seconds timeout = seconds(120)) {
-    return RunCairn(state, std::move(args), {}, timeout);
+    return cluster.Run(std::move(args), timeout);
   };
-  struct Down {
-    std::function<void()> fn;
-    ~Down() { fn(); }
-  } down{[&] { cairn({"down"}); }};
   auto up = cairn({"up", "--agents", "0", "--slurm"});
   ASSERT_EQ(up.exit_code, 0) << up.output;
   auto job = [&](const std::string& id) { return JobStatus(state, id); };
@@ -563,13 +571,10 @@ TEST_F(SlurmTest, CairndStoppedDuringSbatchAdoptsOrResubmitsTheAttempt) {
     fs::permissions(fake / "sbatch", fs::perms::owner_all);
     const std::map<std::string, std::string> env = {
         {"PATH", fake.string() + ":" + std::getenv("PATH")}};
+    const SlurmCairn cluster(state, env);
     auto cairn = [&](std::vector<std::string> args, seconds timeout = seconds(120)) {
-      return RunCairn(state, std::move(args), env, timeout);
+      return cluster.Run(std::move(args), timeout);
     };
-    struct Down {
-      std::function<void()> fn;
-      ~Down() { fn(); }
-    } down{[&] { cairn({"down"}); }};
     auto up = cairn({"up", "--agents", "0", "--slurm"});
     ASSERT_EQ(up.exit_code, 0) << up.output;
     std::ifstream pids(fs::path(state) / "cluster.pids");
@@ -623,13 +628,10 @@ TEST_F(SlurmTest, CairndStoppedDuringSbatchAdoptsOrResubmitsTheAttempt) {
 // from its checkpoint and finishes.
 TEST_F(SlurmTest, CairndEndsAHungSlurmAttemptAndTheJobResumes) {
   const std::string state = (dir_ / "hang").string();
+  const SlurmCairn cluster(state);
   auto cairn = [&](std::vector<std::string> args, seconds timeout = seconds(120)) {
-    return RunCairn(state, std::move(args), {}, timeout);
+    return cluster.Run(std::move(args), timeout);
   };
-  struct Down {
-    std::function<void()> fn;
-    ~Down() { fn(); }
-  } down{[&] { cairn({"down"}); }};
   auto up = cairn({"up", "--agents", "0", "--slurm"});
   ASSERT_EQ(up.exit_code, 0) << up.output;
   const std::string ckpt = (dir_ / "hang-ckpt").string();
